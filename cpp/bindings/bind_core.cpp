@@ -1,0 +1,34 @@
+#include <pybind11/stl.h>
+
+#include "arrays.hpp"
+#include "fastsim/kernels.hpp"
+
+#ifndef FASTSIM_COMPILER
+#define FASTSIM_COMPILER "unknown"
+#endif
+
+namespace fastsim::bind {
+
+void bind_core(py::module_& m) {
+  m.def("simd_level", &fastsim::simd_level, "The SIMD level the kernels use now.");
+  m.def("simd_levels", &fastsim::simd_levels, "SIMD levels compiled in and supported here, best first.");
+  m.def("set_simd_level", &fastsim::set_simd_level, py::arg("level"));
+  m.def("set_num_threads", &fastsim::set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &fastsim::num_threads);
+  m.def("openmp_enabled", &fastsim::openmp_enabled);
+  m.def("compiler", []() { return std::string(FASTSIM_COMPILER); });
+  m.def("micro_tile", [](bool f64) { return py::make_tuple(kernels().micro_rows(f64), kernels().micro_cols(f64)); },
+        py::arg("f64") = false);
+  m.def(
+      "fma_peak_gflops",
+      [](bool f64, double seconds, int threads) {
+        if (!(seconds > 0) || seconds > 60) throw std::invalid_argument("seconds must be in (0, 60]");
+        if (threads < 1) throw std::invalid_argument("threads must be >= 1");
+        auto fn = kernels().fma_peak_gflops;
+        py::gil_scoped_release release;  // pure computation on no Python objects
+        return fn(f64, seconds, threads);
+      },
+      py::arg("f64") = false, py::arg("seconds") = 0.2, py::arg("threads") = 1);
+}
+
+}  // namespace fastsim::bind

@@ -1,0 +1,59 @@
+// Shared definitions for every kernel translation unit. No Python headers here.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+
+namespace fastsim {
+
+using index_t = std::ptrdiff_t;  // 64-bit: b = 65536 squared does not overflow
+
+// Number of worker threads the kernels may use (set from Python or
+// FASTSIM_NUM_THREADS); defined in threads.cpp, compiled for the baseline ISA.
+int num_threads();
+void set_num_threads(int n);
+bool openmp_enabled();
+
+// Cache-line aligned scratch memory that frees itself.
+template <class T>
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  explicit AlignedBuffer(std::size_t n) { resize(n); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  ~AlignedBuffer() { std::free(ptr_); }
+  void resize(std::size_t n) {
+    if (n <= size_) return;
+    std::free(ptr_);
+    ptr_ = nullptr;
+    size_ = 0;
+    std::size_t bytes = ((n * sizeof(T) + 63) / 64) * 64;
+    void* p = nullptr;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) throw std::bad_alloc();
+    ptr_ = static_cast<T*>(p);
+    size_ = n;
+  }
+  T* data() { return ptr_; }
+  const T* data() const { return ptr_; }
+  std::size_t size() const { return size_; }
+
+ private:
+  T* ptr_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+// Per-thread scratch memory that grows and is kept for the next call, so small
+// calls pay neither malloc nor fresh-page faults. One slot per concurrent use.
+enum ScratchSlot { kScratchPackA = 0, kScratchPackB = 1, kScratchKernel = 2, kScratchSlots = 3 };
+
+template <class T>
+inline T* scratch(int slot, std::size_t n) {
+  thread_local AlignedBuffer<unsigned char> buffers[kScratchSlots];
+  buffers[slot].resize(n * sizeof(T));
+  return reinterpret_cast<T*>(buffers[slot].data());
+}
+
+}  // namespace fastsim

@@ -1,0 +1,283 @@
+// The GEMM engine every kernel reuses: C = A . B^T with a fused epilogue.
+//
+//   A : m x k, row-major, row stride lda      (queries, v2, hidden states, ...)
+//   B : n x k, row-major, row stride ldb      (corpus, v1, weight rows, ...)
+//
+// Both operands are packed into micro-panels (MR rows of A, NR rows of B,
+// k-major inside a panel), the register-blocked micro-kernel accumulates one
+// MR x NR tile over the whole k in vector registers, and then hands the
+// accumulators to the caller's epilogue while they are still in registers.
+// The epilogue decides what a tile becomes: scaled and clamped similarities
+// written to C, per-row running sums and masked maxima, LSTM gate updates...
+// so no kernel ever writes an intermediate m x n matrix it does not need.
+//
+// Blocking: the B block (NC rows x k) is packed once per column block and
+// shared by all threads (it lives in L3); each thread packs its own A block
+// (MC rows x k, sized for L2); the micro-kernel streams one B micro-panel
+// (NR x k, L1/L2) against the A micro-panels of the block.  k is not split:
+// the epilogue always sees complete dot products, so no m x n accumulation
+// buffer exists anywhere; MC and NC shrink as k grows to keep the blocks in
+// cache.
+//
+// Epilogue interface (a class with a templated call operator):
+//
+//   template <int MR, int NV, class V>
+//   void operator()(index_t i0, index_t j0, int mr, int nr, V (&acc)[MR][NV], int thread);
+//
+// acc[r][v] holds C[i0 + r, j0 + v*L .. j0 + v*L + L-1] (L = vector lanes);
+// only r < mr and columns < nr are real (the rest are padding zeros).  With
+// the Rows split every row is owned by exactly one thread for the whole call,
+// so per-row reductions need no synchronisation.
+#pragma once
+
+#include <algorithm>
+
+#include "simd.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace fastsim {
+namespace FASTSIM_LEVEL {
+
+// Register blocking per SIMD level: MR rows x NV vectors of accumulators.
+template <class T>
+struct MicroShape;
+
+#if defined(FASTSIM_LEVEL_avx512)
+// 32 zmm registers: 12 x 2 accumulators + 2 B vectors + broadcasts.
+template <> struct MicroShape<float> { static constexpr int MR = 12, NV = 2; };
+template <> struct MicroShape<double> { static constexpr int MR = 12, NV = 2; };
+#elif defined(FASTSIM_LEVEL_avx2)
+// 16 ymm registers: 6 x 2 accumulators + 2 B vectors + 1 broadcast.
+template <> struct MicroShape<float> { static constexpr int MR = 6, NV = 2; };
+template <> struct MicroShape<double> { static constexpr int MR = 6, NV = 2; };
+#else
+template <> struct MicroShape<float> { static constexpr int MR = 6, NV = 2; };
+template <> struct MicroShape<double> { static constexpr int MR = 6, NV = 2; };
+#endif
+
+enum class Split { Auto, Rows, Cols };
+
+template <class T>
+struct GemmShape {
+  static constexpr int MR = MicroShape<T>::MR;
+  static constexpr int NV = MicroShape<T>::NV;
+  static constexpr int L = Simd<T>::lanes;
+  static constexpr int NR = NV * L;
+};
+
+// Pack rows [r0, r0 + rows) of a row-major matrix into panels of P rows:
+// dst[p][kk][r] = src[r0 + p*P + r][kk], zero-padded past `rows`.
+template <int P, class T>
+inline void pack_panels(const T* src, index_t ld, index_t r0, index_t rows, index_t k, T* dst) {
+  for (index_t p0 = 0; p0 < rows; p0 += P) {
+    const int valid = static_cast<int>(std::min<index_t>(P, rows - p0));
+    T* panel = dst + p0 * k;
+    const T* rowp[P];
+    for (int r = 0; r < P; ++r) rowp[r] = src + (r0 + p0 + std::min(r, valid - 1)) * ld;
+    if (valid == P) {
+      for (index_t kk = 0; kk < k; ++kk) {
+#pragma GCC unroll 16
+        for (int r = 0; r < P; ++r) panel[kk * P + r] = rowp[r][kk];
+      }
+    } else {
+      for (index_t kk = 0; kk < k; ++kk)
+        for (int r = 0; r < P; ++r) panel[kk * P + r] = r < valid ? rowp[r][kk] : T(0);
+    }
+  }
+}
+
+// One MR x NR tile over the whole k; the result goes to the epilogue in registers.
+// A is read in place (rows at stride lda, broadcast one element at a time):
+// the MR rows of a tile are only MR * k elements, they stay in L1 while the
+// tile is computed, and skipping the A pack makes small problems cheap.
+template <class T, class Epilogue>
+inline void micro_kernel(index_t k, const T* __restrict a, index_t lda, const T* __restrict bp, Epilogue& ep,
+                         index_t i0, index_t j0, int mr, int nr, int thread) {
+  using S = GemmShape<T>;
+  using V = vec_t<T>;
+  constexpr int MR = S::MR, NV = S::NV, L = S::L, NR = S::NR;
+  V acc[MR][NV];
+#pragma GCC unroll 32
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+  if (mr == MR) {
+    const T* rows[MR];
+#pragma GCC unroll 32
+    for (int r = 0; r < MR; ++r) rows[r] = a + r * lda;
+    for (index_t kk = 0; kk < k; ++kk) {
+      V b[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) b[v] = load<V>(bp + kk * NR + v * L);
+#pragma GCC unroll 32
+      for (int r = 0; r < MR; ++r) {
+        const V av = splat<V>(rows[r][kk]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] += av * b[v];
+      }
+    }
+  } else {
+    // Edge tile: the missing rows are never read (their accumulators stay zero).
+    for (index_t kk = 0; kk < k; ++kk) {
+      V b[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) b[v] = load<V>(bp + kk * NR + v * L);
+      for (int r = 0; r < mr; ++r) {
+        const V av = splat<V>(a[r * lda + kk]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] += av * b[v];
+      }
+    }
+  }
+  ep.template operator()<MR, NV, V>(i0, j0, mr, nr, acc, thread);
+}
+
+// A block of B rows packed once and reusable across calls (e.g. LSTM weights).
+template <class T>
+struct PackedB {
+  index_t n = 0, k = 0;
+  AlignedBuffer<T> data;  // ceil(n / NR) panels of NR x k
+  void pack(const T* b, index_t ldb, index_t n_, index_t k_) {
+    constexpr int NR = GemmShape<T>::NR;
+    n = n_;
+    k = k_;
+    const index_t panels = (n + NR - 1) / NR;
+    data.resize(static_cast<std::size_t>(std::max<index_t>(1, panels * NR * k)));
+    pack_panels<NR>(b, ldb, 0, n, k, data.data());
+  }
+};
+
+struct GemmOptions {
+  Split split = Split::Auto;
+  int threads = 0;  // 0: fastsim::num_threads(), reduced for small problems
+};
+
+template <class T>
+inline int choose_threads(index_t m, index_t n, index_t k, int requested) {
+  int nt = requested > 0 ? requested : num_threads();
+#ifndef _OPENMP
+  nt = 1;
+#endif
+  // Below ~4 MFLOP a fork/join costs more than it saves.
+  const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
+  const int by_work = static_cast<int>(std::max(1.0, flops / 4e6));
+  return std::max(1, std::min(nt, by_work));
+}
+
+// C-like driver: for every (i, j), dot(A[i], B[j]) is delivered to `ep`.
+// If `packed_b` is given, `b`/`ldb` are ignored and the pre-packed panels are used.
+template <class T, class Epilogue>
+void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_t n, index_t k, Epilogue& ep,
+             GemmOptions opt = {}, const PackedB<T>* packed_b = nullptr) {
+  using S = GemmShape<T>;
+  constexpr int MR = S::MR, NR = S::NR;
+  if (m <= 0 || n <= 0) return;
+  const index_t kk = std::max<index_t>(k, 1);
+  const index_t row_bytes = kk * static_cast<index_t>(sizeof(T));
+  // A block ~192 KiB (L2), B block ~1.5 MiB (shared L3 slice); whole panels only.
+  const index_t MC = std::max<index_t>(MR, std::min<index_t>(MR * 32, (192 * 1024 / row_bytes) / MR * MR));
+  const index_t NC = packed_b ? (n + NR - 1) / NR * NR
+                              : std::max<index_t>(NR, std::min<index_t>(NR * 128, (1536 * 1024 / row_bytes) / NR * NR));
+  int nt = choose_threads<T>(m, n, k, opt.threads);
+  Split split = opt.split;
+  if (split == Split::Auto) split = (m >= static_cast<index_t>(nt) * MR * 4) ? Split::Rows : Split::Cols;
+  if (split == Split::Rows) nt = static_cast<int>(std::max<index_t>(1, std::min<index_t>(nt, (m + MR - 1) / MR)));
+
+  T* bbuf = packed_b ? nullptr
+                     : scratch<T>(kScratchPackB, static_cast<std::size_t>(std::min<index_t>(NC, (n + NR - 1) / NR * NR) * kk));
+  const index_t m_panels = (m + MR - 1) / MR;
+
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+  {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num();
+    const int nthr = omp_get_num_threads();
+#else
+    const int tid = 0;
+    const int nthr = 1;
+#endif
+    // Static row ownership: thread t always gets the same row panels.
+    index_t row_begin = 0, row_end = m;
+    if (split == Split::Rows) {
+      row_begin = std::min(m, (m_panels * tid / nthr) * MR);
+      row_end = std::min(m, (m_panels * (tid + 1) / nthr) * MR);
+    }
+    for (index_t jc = 0; jc < n; jc += NC) {
+      const index_t nc = std::min(NC, n - jc);
+      const index_t n_panels = (nc + NR - 1) / NR;
+      const T* bblock;
+      if (packed_b) {
+        bblock = packed_b->data.data() + jc * kk;
+      } else {
+        const index_t p0 = n_panels * tid / nthr, p1 = n_panels * (tid + 1) / nthr;
+        if (p1 > p0)
+          pack_panels<NR>(b, ldb, jc + p0 * NR, std::min(nc - p0 * NR, (p1 - p0) * NR), k, bbuf + p0 * NR * kk);
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        bblock = bbuf;
+      }
+      index_t jp_begin = 0, jp_end = n_panels;
+      if (split == Split::Cols) {
+        jp_begin = n_panels * tid / nthr;
+        jp_end = n_panels * (tid + 1) / nthr;
+      }
+      if (jp_end > jp_begin) {
+        for (index_t ic = row_begin; ic < row_end; ic += MC) {
+          const index_t mc = std::min(MC, row_end - ic);
+          for (index_t jp = jp_begin; jp < jp_end; ++jp) {
+            const index_t j0 = jc + jp * NR;
+            const int nr = static_cast<int>(std::min<index_t>(NR, n - j0));
+            const T* bp = bblock + jp * NR * kk;
+            for (index_t ip = 0; ip < mc; ip += MR) {
+              const int mr = static_cast<int>(std::min<index_t>(MR, mc - ip));
+              micro_kernel<T>(k, a + (ic + ip) * lda, lda, bp, ep, ic + ip, j0, mr, nr, tid);
+            }
+          }
+        }
+      }
+#ifdef _OPENMP
+      if (!packed_b) {
+#pragma omp barrier
+      }
+#endif
+    }
+  }
+}
+
+// Copy a register tile to a plain MR x NR array (for edge tiles handled by scalar code).
+template <int MR, int NV, class V, class T>
+inline void tile_to_array(V (&acc)[MR][NV], T* out) {
+  constexpr int L = static_cast<int>(sizeof(V) / sizeof(T));
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) store(out + r * NV * L + v * L, acc[r][v]);
+}
+
+// The plain epilogue: C[i, j] = alpha * dot (used for testing the engine and by the RNNs).
+template <class T>
+struct StoreEpilogue {
+  T* c;
+  index_t ldc;
+  T alpha = T(1);
+  template <int MR, int NV, class V>
+  inline void operator()(index_t i0, index_t j0, int mr, int nr, V (&acc)[MR][NV], int) {
+    constexpr int L = static_cast<int>(sizeof(V) / sizeof(T));
+    if (mr == MR && nr == NV * L) {
+      for (int r = 0; r < MR; ++r)
+        for (int v = 0; v < NV; ++v) store(c + (i0 + r) * ldc + j0 + v * L, acc[r][v] * alpha);
+    } else {
+      alignas(64) T t[MR * NV * L];
+      tile_to_array<MR, NV>(acc, t);
+      for (int r = 0; r < mr; ++r)
+        for (int j = 0; j < nr; ++j) c[(i0 + r) * ldc + j0 + j] = alpha * t[r * NV * L + j];
+    }
+  }
+};
+
+}  // namespace FASTSIM_LEVEL
+}  // namespace fastsim

@@ -1,0 +1,42 @@
+// The table of kernel entry points, one instance per compiled SIMD level.
+// Bindings call through kernels(), which returns the level chosen at run time.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "common.hpp"
+
+namespace fastsim {
+
+template <class T>
+struct TypedKernels {
+  void (*cosine_matrix)(const T* a, index_t m, const T* b, index_t n, index_t k, T* out, bool self);
+  void (*cosine_rows)(const T* a, const T* b, index_t n, index_t k, T* out);
+  // Plain C = alpha * A B^T through the engine (tests and benchmarks of the engine itself).
+  void (*gemm_nt)(const T* a, const T* b, index_t m, index_t n, index_t k, T* c);
+};
+
+struct KernelTable {
+  const char* name;
+  TypedKernels<float> f32;
+  TypedKernels<double> f64;
+  // Sustained FMA throughput of this level on `threads` threads, in GFLOP/s.
+  double (*fma_peak_gflops)(bool f64, double seconds, int threads);
+  int (*micro_rows)(bool f64);
+  int (*micro_cols)(bool f64);
+};
+
+const KernelTable& kernels();
+std::string simd_level();
+std::vector<std::string> simd_levels();
+void set_simd_level(const std::string& level);
+
+template <class T>
+inline const TypedKernels<T>& typed_kernels();
+template <>
+inline const TypedKernels<float>& typed_kernels<float>() { return kernels().f32; }
+template <>
+inline const TypedKernels<double>& typed_kernels<double>() { return kernels().f64; }
+
+}  // namespace fastsim

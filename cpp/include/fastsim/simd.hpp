@@ -1,0 +1,93 @@
+// Portable SIMD vectors through GCC/Clang vector extensions.
+//
+// Each kernel translation unit is compiled once per SIMD level with that
+// level's -m flags and FASTSIM_LEVEL set to its name; everything below lives
+// in namespace fastsim::FASTSIM_LEVEL so the copies never collide at link time.
+#pragma once
+
+#include <cstring>
+
+#include "common.hpp"
+
+#ifndef FASTSIM_LEVEL
+#error "FASTSIM_LEVEL must name the SIMD level this translation unit is compiled for"
+#endif
+
+namespace fastsim {
+namespace FASTSIM_LEVEL {
+
+#if defined(FASTSIM_LEVEL_avx512)
+inline constexpr int kVectorBytes = 64;
+inline constexpr const char* kLevelName = "avx512";
+#elif defined(FASTSIM_LEVEL_avx2)
+inline constexpr int kVectorBytes = 32;
+inline constexpr const char* kLevelName = "avx2";
+#else
+inline constexpr int kVectorBytes = 16;
+inline constexpr const char* kLevelName = "generic";
+#endif
+
+template <class T>
+struct Simd {
+  static constexpr int lanes = kVectorBytes / static_cast<int>(sizeof(T));
+  typedef T vec __attribute__((vector_size(kVectorBytes)));
+};
+
+template <class T>
+using vec_t = typename Simd<T>::vec;
+
+template <class V, class T>
+inline V load(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));  // an unaligned vector load once optimized
+  return v;
+}
+
+template <class V, class T>
+inline void store(T* p, V v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+template <class V, class T>
+inline V splat(T x) {
+  // x - (+0) is exactly x (also for -0 and NaN), so this folds to a broadcast.
+  return x - V{};
+}
+
+// Clamp that keeps NaN from `x` (comparisons with NaN are false); works for
+// scalars and vectors alike.
+template <class V>
+inline V clamp_keep_nan(V x, V lo, V hi) {
+  x = (x > hi) ? hi : x;
+  x = (x < lo) ? lo : x;
+  return x;
+}
+
+template <class T, class V>
+inline T hsum(V v) {
+  T s = 0;
+  for (int l = 0; l < Simd<T>::lanes; ++l) s += v[l];
+  return s;
+}
+
+// Dot product of two contiguous arrays, several vector accumulators to hide FMA latency.
+template <class T>
+inline T dot(const T* a, const T* b, index_t n) {
+  using V = vec_t<T>;
+  constexpr int L = Simd<T>::lanes;
+  V acc0{}, acc1{}, acc2{}, acc3{};
+  index_t k = 0;
+  for (; k + 4 * L <= n; k += 4 * L) {
+    acc0 += load<V>(a + k) * load<V>(b + k);
+    acc1 += load<V>(a + k + L) * load<V>(b + k + L);
+    acc2 += load<V>(a + k + 2 * L) * load<V>(b + k + 2 * L);
+    acc3 += load<V>(a + k + 3 * L) * load<V>(b + k + 3 * L);
+  }
+  for (; k + L <= n; k += L) acc0 += load<V>(a + k) * load<V>(b + k);
+  T s = hsum<T>((acc0 + acc1) + (acc2 + acc3));
+  for (; k < n; ++k) s += a[k] * b[k];
+  return s;
+}
+
+}  // namespace FASTSIM_LEVEL
+}  // namespace fastsim

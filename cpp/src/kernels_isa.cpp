@@ -1,0 +1,80 @@
+// Compiled once per SIMD level (see CMakeLists.txt); fills that level's table.
+#include <chrono>
+
+#include "fastsim/cosine.hpp"
+#include "fastsim/gemm.hpp"
+#include "fastsim/kernels.hpp"
+
+namespace fastsim {
+namespace FASTSIM_LEVEL {
+namespace {
+
+template <class T>
+void gemm_nt_plain(const T* a, const T* b, index_t m, index_t n, index_t k, T* c) {
+  StoreEpilogue<T> ep{c, n, T(1)};
+  gemm_nt<T>(a, k, b, k, m, n, k, ep);
+}
+
+// 16 independent accumulator chains keep both FMA pipes busy through their latency.
+constexpr int kChains = 16;
+
+template <class T>
+__attribute__((noinline)) void fma_block(vec_t<T>* state, vec_t<T> x, vec_t<T> y, long iterations) {
+  using V = vec_t<T>;
+  V acc[kChains];
+#pragma GCC unroll 16
+  for (int c = 0; c < kChains; ++c) acc[c] = state[c];
+  for (long it = 0; it < iterations; ++it) {
+#pragma GCC unroll 16
+    for (int c = 0; c < kChains; ++c) acc[c] = acc[c] * x + y;
+  }
+#pragma GCC unroll 16
+  for (int c = 0; c < kChains; ++c) state[c] = acc[c];
+}
+
+template <class T>
+double fma_loop(double seconds) {
+  using V = vec_t<T>;
+  constexpr int L = Simd<T>::lanes;
+  alignas(64) V acc[kChains];
+  for (int c = 0; c < kChains; ++c) acc[c] = splat<V>(T(c) * T(1e-3));
+  const V x = splat<V>(T(0.999999)), y = splat<V>(T(1e-7));
+  const long block = 1 << 16;
+  fma_block<T>(acc, x, y, block);  // warm-up: clocks ramp, code is paged in
+  const auto t0 = std::chrono::steady_clock::now();
+  double flops = 0, elapsed = 0;
+  do {
+    fma_block<T>(acc, x, y, block);
+    flops += static_cast<double>(block) * kChains * L * 2;
+    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  } while (elapsed < seconds);
+  volatile T keep = acc[0][0];
+  (void)keep;
+  return flops / elapsed * 1e-9;
+}
+
+double fma_peak(bool f64, double seconds, int threads) {
+  double total = 0;
+  (void)threads;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+#endif
+  { total += f64 ? fma_loop<double>(seconds) : fma_loop<float>(seconds); }
+  return total;
+}
+
+int micro_rows(bool f64) { return f64 ? GemmShape<double>::MR : GemmShape<float>::MR; }
+int micro_cols(bool f64) { return f64 ? GemmShape<double>::NR : GemmShape<float>::NR; }
+
+template <class T>
+constexpr TypedKernels<T> typed() {
+  return TypedKernels<T>{&cosine_matrix<T>, &cosine_rows<T>, &gemm_nt_plain<T>};
+}
+
+}  // namespace
+
+extern const KernelTable table;
+const KernelTable table = {kLevelName, typed<float>(), typed<double>(), &fma_peak, &micro_rows, &micro_cols};
+
+}  // namespace FASTSIM_LEVEL
+}  // namespace fastsim

@@ -1,0 +1,38 @@
+"""fastsim: fast CPU kernels for Siamese-network workloads.
+
+Cosine similarity, hard-negative mining with the modified triplet loss,
+recurrent forward passes and the Siamese pipeline, each with three backends:
+``"numpy"`` (the reference), ``"numba"`` and ``"cpp"``.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from ._backend import (
+    available_backends,
+    get_num_threads,
+    info,
+    set_num_threads,
+    set_simd_level,
+    simd_levels,
+)
+from .cosine import cosine_similarity, cosine_similarity_matrix, cosine_similarity_rows
+
+__all__ = [
+    "__version__",
+    "available_backends",
+    "cosine_similarity",
+    "cosine_similarity_matrix",
+    "cosine_similarity_rows",
+    "get_num_threads",
+    "info",
+    "set_num_threads",
+    "set_simd_level",
+    "simd_levels",
+]
+
+from ._backend import _init_threads_from_env as _init_threads
+
+_init_threads()
+del _init_threads

@@ -1,0 +1,206 @@
+"""Backend selection, thread control and run-time information.
+
+Every public function takes ``backend="auto" | "numpy" | "numba" | "cpp"`` and
+resolves it here with :func:`resolve`.  ``"auto"`` prefers the compiled core,
+then Numba, then the NumPy reference.  Asking explicitly for a backend that is
+not available raises ``ValueError`` naming it (never a silent fallback).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import warnings
+
+BACKENDS = ("numpy", "numba", "cpp")
+
+try:  # the compiled extension; absent only in a broken or source-only install
+    from . import _core  # type: ignore[attr-defined]
+except ImportError as exc:  # pragma: no cover - exercised only without a build
+    _core = None
+    _CORE_IMPORT_ERROR: ImportError | None = exc
+else:
+    _CORE_IMPORT_ERROR = None
+
+_numba_ok: bool | None = None
+_numba_threads: int | None = None
+
+
+def _numba_available() -> bool:
+    global _numba_ok
+    if _numba_ok is None:
+        if os.environ.get("FASTSIM_DISABLE_NUMBA", "") not in ("", "0"):
+            _numba_ok = False
+        else:
+            try:
+                import numba  # noqa: F401
+            except ImportError:
+                _numba_ok = False
+            else:
+                _numba_ok = True
+    return _numba_ok
+
+
+def available_backends() -> list[str]:
+    """The backends usable in this process, fastest first."""
+    out = []
+    if _core is not None:
+        out.append("cpp")
+    if _numba_available():
+        out.append("numba")
+    out.append("numpy")
+    return out
+
+
+def resolve(backend: str, supported: tuple[str, ...] = BACKENDS) -> str:
+    """Turn a user's ``backend=`` argument into a concrete backend name.
+
+    ``supported`` lists the backends the calling operation implements.
+    """
+    if not isinstance(backend, str):
+        msg = f"backend must be a str, one of 'auto', {', '.join(map(repr, BACKENDS))}; got {type(backend).__name__}"
+        raise TypeError(msg)
+    if backend == "auto":
+        for name in available_backends():
+            if name in supported:
+                return name
+        return "numpy"
+    if backend not in BACKENDS:
+        msg = f"backend must be 'auto' or one of {', '.join(map(repr, BACKENDS))}; got {backend!r}"
+        raise ValueError(msg)
+    if backend not in supported:
+        msg = f"backend={backend!r} is not implemented for this operation; supported: {supported}"
+        raise ValueError(msg)
+    if backend == "cpp" and _core is None:
+        msg = f"backend='cpp' is not available: the compiled extension failed to import ({_CORE_IMPORT_ERROR})"
+        raise ValueError(msg)
+    if backend == "numba" and not _numba_available():
+        msg = "backend='numba' is not available: numba is not installed (or FASTSIM_DISABLE_NUMBA is set)"
+        raise ValueError(msg)
+    return backend
+
+
+def numba_module(area: str):
+    """Import ``fastsim._numba.<area>`` lazily (compiling Numba kernels is slow)."""
+    mod = importlib.import_module(f"fastsim._numba.{area}")
+    if _numba_threads is not None:
+        import numba
+
+        numba.set_num_threads(min(_numba_threads, numba.config.NUMBA_NUM_THREADS))
+    return mod
+
+
+def core():
+    """The compiled module; only call after ``resolve`` returned ``"cpp"``."""
+    return _core
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads used by the cpp and numba kernels.
+
+    The initial value comes from ``FASTSIM_NUM_THREADS`` (default: all cores).
+    Without OpenMP compiled in, the cpp backend stays single-threaded and a
+    ``RuntimeWarning`` says so when more than one thread is asked for.
+    """
+    global _numba_threads
+    if isinstance(n, bool) or not isinstance(n, int):
+        msg = f"n must be an int >= 1; got {type(n).__name__}"
+        raise TypeError(msg)
+    if n < 1:
+        msg = f"n must be >= 1; got {n}"
+        raise ValueError(msg)
+    if _core is not None:
+        if not _core.openmp_enabled() and n > 1:
+            warnings.warn(
+                "fastsim was built without OpenMP: the cpp backend runs single-threaded",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        _core.set_num_threads(n)
+    _numba_threads = n
+    if "numba" in importlib.sys.modules and _numba_available():
+        import numba
+
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
+def get_num_threads() -> int:
+    """The number of threads the cpp kernels use."""
+    if _core is not None:
+        return int(_core.get_num_threads())
+    if _numba_threads is not None:
+        return _numba_threads
+    return os.cpu_count() or 1
+
+
+def _init_threads_from_env() -> None:
+    value = os.environ.get("FASTSIM_NUM_THREADS")
+    if not value:
+        return
+    try:
+        n = int(value)
+    except ValueError:
+        msg = f"FASTSIM_NUM_THREADS must be a positive integer; got {value!r}"
+        raise ValueError(msg) from None
+    set_num_threads(n)
+
+
+# --------------------------------------------------------------------------- SIMD level
+
+
+def simd_levels() -> list[str]:
+    """SIMD levels compiled in and supported by this CPU, best first."""
+    if _core is None:
+        return []
+    return list(_core.simd_levels())
+
+
+def set_simd_level(level: str | None) -> str:
+    """Force the cpp kernels to one SIMD level (``None`` restores the best).
+
+    Mostly for tests and benchmarks; ``FASTSIM_SIMD`` sets it at import time.
+    Returns the level now in use.
+    """
+    if _core is None:
+        msg = "set_simd_level needs the compiled extension"
+        raise RuntimeError(msg)
+    if level is None:
+        level = "best"
+    if level != "best" and level not in _core.simd_levels():
+        msg = f"level must be one of {list(_core.simd_levels())} or None; got {level!r}"
+        raise ValueError(msg)
+    _core.set_simd_level(level)
+    return str(_core.simd_level())
+
+
+def info() -> dict:
+    """Version, backends, SIMD level, threads and build options, as a dict."""
+    from . import __version__
+
+    d: dict = {
+        "version": __version__,
+        "backends": available_backends(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+    if _core is not None:
+        d.update(
+            simd_level=str(_core.simd_level()),
+            simd_levels=list(_core.simd_levels()),
+            num_threads=int(_core.get_num_threads()),
+            openmp=bool(_core.openmp_enabled()),
+            compiler=str(_core.compiler()),
+        )
+    else:
+        d.update(simd_level=None, simd_levels=[], num_threads=get_num_threads(), openmp=False,
+                 core_error=str(_CORE_IMPORT_ERROR))
+    if _numba_available():
+        import numba
+
+        d["numba"] = numba.__version__
+        d["numba_threads"] = numba.get_num_threads() if _numba_threads is None else _numba_threads
+    return d

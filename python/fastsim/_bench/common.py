@@ -1,0 +1,103 @@
+"""What a benchmark case is, and how one is timed.
+
+Each area module (``cosine``, ``triplet``, ``rnn``, ``pipeline``) exposes
+``cases(full: bool) -> list[Case]``; the CLI in ``fastsim._bench.cli`` runs
+them.  Timings are medians of repeated runs in this process; the speedup of a
+runner is the median time of the ``"numpy"`` baseline divided by its own.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+
+@dataclass
+class Case:
+    """One operation at one shape and dtype.
+
+    Attributes
+    ----------
+    op : str
+        Operation name shown in the table ("cosine_matrix", "triplet_loss", ...).
+    shape : str
+        Human-readable shape ("4096x256 @ 4096x256").
+    dtype : str
+        "float32" or "float64".
+    flops : float
+        Floating-point operations of one call (for GFLOP/s); 0 when not meaningful.
+    make_inputs : callable
+        ``() -> inputs`` built once per case (kept out of the timing).
+    runners : dict
+        ``name -> fn(inputs) -> result``.  ``"numpy"`` is the baseline every
+        speedup is relative to; others are "numba", "cpp", "torch", ...
+    reference : callable, optional
+        ``inputs -> float64 result`` for the error column.
+    error : callable, optional
+        ``(result, reference) -> float``; default: max abs difference.
+    min_repeats : int
+        Lower bound on the number of timed calls per runner.
+    """
+
+    op: str
+    shape: str
+    dtype: str
+    flops: float
+    make_inputs: Callable[[], Any]
+    runners: dict[str, Callable[[Any], Any]]
+    reference: Callable[[Any], Any] | None = None
+    error: Callable[[Any, Any], float] | None = None
+    min_repeats: int = 5
+    notes: dict = field(default_factory=dict)
+
+
+def max_abs_error(result, reference) -> float:
+    if isinstance(result, tuple):
+        return max(max_abs_error(r, e) for r, e in zip(result, reference))
+    r = np.asarray(result, dtype=np.float64)
+    e = np.asarray(reference, dtype=np.float64)
+    if r.shape != e.shape:
+        return float("inf")
+    if r.size == 0:
+        return 0.0
+    with np.errstate(invalid="ignore"):
+        d = np.abs(r - e)
+    both_nan = np.isnan(r) & np.isnan(e)
+    d[both_nan] = 0.0
+    return float(np.nanmax(np.where(np.isnan(d), np.inf, d)))
+
+
+def time_call(fn: Callable[[], Any], *, min_repeats: int = 5, min_time: float = 0.2, max_time: float = 3.0):
+    """Median wall time of ``fn()`` in seconds and the last result.
+
+    One warm-up call (JIT compilation, page faults) is not timed.  Small calls
+    are batched so that each timed sample lasts at least ~1 ms.
+    """
+    result = fn()
+    t0 = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t0, 1e-9)
+    inner = max(1, int(1e-3 / one))
+    samples = []
+    start = time.perf_counter()
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        while True:
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                result = fn()
+            samples.append((time.perf_counter() - t0) / inner)
+            elapsed = time.perf_counter() - start
+            if len(samples) >= min_repeats and (elapsed > min_time or elapsed > max_time):
+                break
+            if elapsed > max_time and len(samples) >= 3:
+                break
+    finally:
+        if gc_was:
+            gc.enable()
+    return float(np.median(samples)), result

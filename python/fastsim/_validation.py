@@ -1,0 +1,147 @@
+"""Input checks and conversions shared by every public function.
+
+One place for the rules, so every function answers bad input the same way:
+
+* float32 and float64 pass through; integers, bools and float16 become float32;
+  complex, object and other dtypes raise ``TypeError`` naming the argument.
+* wrong ``ndim`` or inconsistent shapes raise ``ValueError`` naming the argument
+  and what was expected.
+* non-contiguous and negative-stride arrays are accepted; kernels that need
+  C-contiguous memory get a copy through :func:`contiguous`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+_FLOAT_KINDS = (np.float32, np.float64)
+
+
+def _convert_dtype(dt: np.dtype, name: str) -> np.dtype:
+    if dt == np.float32 or dt == np.float64:
+        return dt
+    if dt.kind in "iub" or dt == np.float16:
+        return np.dtype(np.float32)
+    if dt.kind == "f":  # longdouble: keep the precision users asked for as far as we can
+        return np.dtype(np.float64)
+    msg = f"{name} must hold real numbers (float32/float64, or integers/float16 converted to float32); got dtype {dt}"
+    raise TypeError(msg)
+
+
+def as_float_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None, dtype=None) -> np.ndarray:
+    """Return ``x`` as a float32/float64 ndarray, checking ``ndim``.
+
+    ``dtype`` forces the result dtype (after the kind check); otherwise the
+    rules in the module docstring apply.  No copy is made when none is needed.
+    """
+    if isinstance(x, np.ndarray):
+        arr = x
+    else:
+        if x is None:
+            msg = f"{name} must be an array, got None"
+            raise TypeError(msg)
+        try:
+            arr = np.asarray(x)
+        except (ValueError, TypeError) as exc:
+            msg = f"{name} must be convertible to a numeric array: {exc}"
+            raise TypeError(msg) from None
+    target = _convert_dtype(arr.dtype, name)
+    if dtype is not None:
+        target = np.dtype(dtype)
+    if arr.dtype != target:
+        arr = arr.astype(target)
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if arr.ndim not in allowed:
+            want = " or ".join(f"{d}-D" for d in allowed)
+            msg = f"{name} must be {want}; got an array of shape {arr.shape}"
+            raise ValueError(msg)
+    return arr
+
+
+def result_dtype(*arrays: np.ndarray) -> np.dtype:
+    """float64 if any input is float64, else float32."""
+    for a in arrays:
+        if a is not None and a.dtype == np.float64:
+            return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def contiguous(a: np.ndarray, dtype) -> np.ndarray:
+    """C-contiguous copy of ``a`` in ``dtype`` only when needed."""
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def check_out(out, shape: tuple[int, ...], dtype, *, name: str = "out", inputs: tuple = ()) -> np.ndarray:
+    """Check a user-supplied output array: ndarray, shape, dtype, writeable, C-contiguous, no overlap."""
+    if not isinstance(out, np.ndarray):
+        msg = f"{name} must be a numpy.ndarray; got {type(out).__name__}"
+        raise TypeError(msg)
+    if out.shape != tuple(shape):
+        msg = f"{name} must have shape {tuple(shape)}; got {out.shape}"
+        raise ValueError(msg)
+    if out.dtype != np.dtype(dtype):
+        msg = f"{name} must have dtype {np.dtype(dtype)}; got {out.dtype}"
+        raise TypeError(msg)
+    if not out.flags.writeable:
+        msg = f"{name} must be writeable"
+        raise ValueError(msg)
+    if not out.flags.c_contiguous:
+        msg = f"{name} must be C-contiguous"
+        raise ValueError(msg)
+    for i, a in enumerate(inputs):
+        if a is not None and np.may_share_memory(out, a):
+            msg = f"{name} must not overlap the input arrays (it overlaps input {i})"
+            raise ValueError(msg)
+    return out
+
+
+def check_finite_scalar(value, name: str) -> float:
+    """A finite real number, as a Python float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        msg = f"{name} must be a real number; got {type(value).__name__}"
+        raise TypeError(msg)
+    v = float(value)
+    if not math.isfinite(v):
+        msg = f"{name} must be finite; got {v}"
+        raise ValueError(msg)
+    return v
+
+
+def check_choice(value, name: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        msg = f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
+        msg = f"{name} must be an int; got {type(value).__name__}"
+        raise TypeError(msg)
+    v = int(value)
+    if v < minimum:
+        msg = f"{name} must be >= {minimum}; got {v}"
+        raise ValueError(msg)
+    return v
+
+
+def check_lengths(lengths, batch: int, max_len: int, *, name: str = "lengths") -> np.ndarray:
+    """Sequence lengths as a contiguous int64 array of shape (batch,), each within 1..max_len."""
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            msg = f"{name} must hold integers; got dtype {arr.dtype}"
+            raise TypeError(msg)
+    if arr.shape != (batch,):
+        msg = f"{name} must have shape ({batch},) (one length per sequence); got {arr.shape}"
+        raise ValueError(msg)
+    if arr.size and (arr.min() < 1 or arr.max() > max_len):
+        msg = f"{name} must lie within 1..{max_len} (the sequence axis); got values in {int(arr.min())}..{int(arr.max())}"
+        raise ValueError(msg)
+    return np.ascontiguousarray(arr, dtype=np.int64)
