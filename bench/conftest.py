@@ -1,0 +1,1 @@
+"""Benchmarks: each group holds the NumPy baseline beside fastsim's backends."""

@@ -1,0 +1,1 @@
+"""Benchmark workloads behind ``python -m fastsim bench``."""

@@ -1,0 +1,178 @@
+"""``python -m fastsim bench``: time every backend against the NumPy reference.
+
+The default run is a quick representative workload (about a minute); ``--full``
+runs every case.  Each row gives the median time, GFLOP/s, the share of this
+machine's measured FMA peak, the speedup over the NumPy baseline of the same
+case and the max abs error against the float64 reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+
+import fastsim
+
+from .common import max_abs_error, time_call
+
+AREAS = ("cosine", "triplet", "rnn", "pipeline")
+
+
+def _load_areas(selected):
+    mods = []
+    for area in AREAS:
+        if selected and area not in selected:
+            continue
+        name = f"fastsim._bench.{area}"
+        try:
+            mods.append((area, importlib.import_module(name)))
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+    return mods
+
+
+def measure_peak(threads: int) -> dict:
+    """Sustained FMA throughput (GFLOP/s) of this machine, float32 and float64."""
+    core = fastsim._backend.core()
+    if core is None:
+        return {}
+    return {
+        "float32_1t": core.fma_peak_gflops(False, 0.25, 1),
+        "float32": core.fma_peak_gflops(False, 0.25, threads),
+        "float64": core.fma_peak_gflops(True, 0.25, threads),
+    }
+
+
+def _fmt_time(t: float) -> str:
+    if t < 1e-3:
+        return f"{t * 1e6:8.1f} us"
+    if t < 1:
+        return f"{t * 1e3:8.2f} ms"
+    return f"{t:8.2f} s "
+
+
+def run(args) -> list[dict]:
+    threads = fastsim.get_num_threads()
+    out = sys.stdout
+    print(f"fastsim {fastsim.__version__}  {platform.processor() or platform.machine()}  "
+          f"simd={fastsim.info().get('simd_level')}  threads={threads}  openmp={fastsim.info().get('openmp')}",
+          file=out)
+    peak = measure_peak(threads)
+    if peak:
+        print(f"FMA peak: float32 {peak['float32_1t']:.0f} GFLOP/s on 1 thread, {peak['float32']:.0f} on {threads}; "
+              f"float64 {peak['float64']:.0f} on {threads}", file=out)
+    cases = []
+    for area, mod in _load_areas(args.ops):
+        for case in mod.cases(args.full):
+            cases.append((area, case))
+    header = (f"{'operation':<22} {'shape':<26} {'dtype':<8} {'backend':<7} {'median':>11} {'GFLOP/s':>8} "
+              f"{'%peak':>6} {'vs numpy':>9} {'max err':>9}")
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    results = []
+    for idx, (area, case) in enumerate(cases, 1):
+        if not args.quiet:
+            print(f"[{idx}/{len(cases)}] {case.op} {case.shape} {case.dtype} ...", file=sys.stderr, flush=True)
+        inputs = case.make_inputs()
+        reference = case.reference(inputs) if case.reference else None
+        err_fn = case.error or max_abs_error
+        base = None
+        for name, fn in case.runners.items():
+            try:
+                t, res = time_call(lambda: fn(inputs), min_repeats=case.min_repeats, max_time=args.max_time)
+            except Exception as exc:  # a peer library failing must not hide the rest
+                print(f"{case.op:<22} {case.shape:<26} {case.dtype:<8} {name:<7} failed: {exc}", file=out)
+                continue
+            if name == "numpy":
+                base = t
+            gflops = case.flops / t * 1e-9 if case.flops else float("nan")
+            peak_key = "float64" if case.dtype == "float64" else "float32"
+            pct = 100 * gflops / peak[peak_key] if peak and case.flops else float("nan")
+            speed = base / t if base else float("nan")
+            err = err_fn(res, reference) if reference is not None else float("nan")
+            row = dict(area=area, op=case.op, shape=case.shape, dtype=case.dtype, backend=name, median_s=t,
+                       gflops=gflops, pct_peak=pct, speedup_vs_numpy=speed, max_abs_err=err, **case.notes)
+            results.append(row)
+            print(f"{case.op:<22} {case.shape:<26} {case.dtype:<8} {name:<7} {_fmt_time(t):>11} "
+                  f"{gflops:8.1f} {pct:5.1f}% {speed:8.2f}x {err:9.1e}", file=out, flush=True)
+        del inputs, reference
+    if args.json:
+        meta = dict(info=fastsim.info(), peak_gflops=peak, full=args.full, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+        with open(args.json, "w") as fh:
+            json.dump({"meta": meta, "results": results}, fh, indent=1, default=float)
+        print(f"saved {args.json}", file=out)
+    if args.plot:
+        plot(results, args.plot)
+        print(f"saved {args.plot}", file=out)
+    return results
+
+
+def plot(results: list[dict], path: str) -> None:
+    """Bar chart of the speedup over NumPy per case and backend (needs the ``plot`` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        msg = "--plot needs matplotlib: pip install 'fastsim[plot]'"
+        raise SystemExit(msg) from None
+    labels = []
+    for r in results:
+        key = f"{r['op']}\n{r['shape']}\n{r['dtype']}"
+        if key not in labels:
+            labels.append(key)
+    backends = [b for b in dict.fromkeys(r["backend"] for r in results)]
+    width = 0.8 / max(1, len(backends))
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(labels)), 5))
+    for bi, be in enumerate(backends):
+        xs, ys = [], []
+        for li, lab in enumerate(labels):
+            for r in results:
+                if r["backend"] == be and f"{r['op']}\n{r['shape']}\n{r['dtype']}" == lab:
+                    xs.append(li + bi * width)
+                    ys.append(r["speedup_vs_numpy"])
+        ax.bar(xs, ys, width, label=be)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(len(labels)) + width * (len(backends) - 1) / 2)
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel("speedup over NumPy (higher is better)")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title(f"fastsim {fastsim.__version__}: median time ratio to the NumPy baseline")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastsim", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="benchmark every backend against NumPy")
+    b.add_argument("--full", action="store_true", help="run every case (default: a quick representative set)")
+    b.add_argument("--json", metavar="PATH", help="save the results as JSON")
+    b.add_argument("--plot", metavar="PATH", help="save a bar chart (needs matplotlib)")
+    b.add_argument("--ops", type=lambda s: s.split(","), default=None, help=f"comma-separated subset of {AREAS}")
+    b.add_argument("--threads", type=int, default=None, help="threads for the cpp/numba kernels")
+    b.add_argument("--max-time", type=float, default=2.0, help="max seconds of timing per runner")
+    b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    sub.add_parser("info", help="print version, backends, SIMD level and threads")
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        for k, v in fastsim.info().items():
+            print(f"{k}: {v}")
+        return 0
+    if args.ops:
+        unknown = set(args.ops) - set(AREAS)
+        if unknown:
+            parser.error(f"--ops: unknown {sorted(unknown)}; choose from {AREAS}")
+    if args.threads:
+        fastsim.set_num_threads(args.threads)
+    run(args)
+    return 0
