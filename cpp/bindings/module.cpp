@@ -6,10 +6,12 @@ namespace py = pybind11;
 namespace fastsim::bind {
 void bind_core(py::module_& m);
 void bind_cosine(py::module_& m);
+void bind_triplet(py::module_& m);
 }  // namespace fastsim::bind
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastsim compiled kernels (private; use the fastsim package)";
   fastsim::bind::bind_core(m);
   fastsim::bind::bind_cosine(m);
+  fastsim::bind::bind_triplet(m);
 }

@@ -4,6 +4,7 @@
 #include "fastsim/cosine.hpp"
 #include "fastsim/gemm.hpp"
 #include "fastsim/kernels.hpp"
+#include "fastsim/triplet.hpp"
 
 namespace fastsim {
 namespace FASTSIM_LEVEL {
@@ -67,8 +68,16 @@ int micro_rows(bool f64) { return f64 ? GemmShape<double>::MR : GemmShape<float>
 int micro_cols(bool f64) { return f64 ? GemmShape<double>::NR : GemmShape<float>::NR; }
 
 template <class T>
+void triplet_forward_entry(const T* v1, const T* v2, index_t b, index_t d, int empty_mode, T* positive, T* mean_neg,
+                           T* closest, int64_t* closest_idx) {
+  triplet_forward<T>(v1, v2, b, d, empty_mode == 1 ? EmptyMode::Floor : EmptyMode::Shift, positive, mean_neg, closest,
+                     closest_idx);
+}
+
+template <class T>
 constexpr TypedKernels<T> typed() {
-  return TypedKernels<T>{&cosine_matrix<T>, &cosine_rows<T>, &gemm_nt_plain<T>};
+  return TypedKernels<T>{&cosine_matrix<T>, &cosine_rows<T>, &gemm_nt_plain<T>, &triplet_forward_entry<T>,
+                         &triplet_backward<T>};
 }
 
 }  // namespace

@@ -15,6 +15,11 @@ struct TypedKernels {
   void (*cosine_rows)(const T* a, const T* b, index_t n, index_t k, T* out);
   // Plain C = alpha * A B^T through the engine (tests and benchmarks of the engine itself).
   void (*gemm_nt)(const T* a, const T* b, index_t m, index_t n, index_t k, T* c);
+  // Modified triplet loss (triplet.hpp): per-row mining results, then the gradient.
+  void (*triplet_forward)(const T* v1, const T* v2, index_t b, index_t d, int empty_mode, T* positive, T* mean_neg,
+                          T* closest, int64_t* closest_idx);
+  void (*triplet_backward)(const T* v1, const T* v2, index_t b, index_t d, const int64_t* closest_idx,
+                           const uint8_t* active1, const uint8_t* active2, double weight, T* g1, T* g2);
 };
 
 struct KernelTable {
