@@ -7,6 +7,7 @@ namespace fastsim::bind {
 void bind_core(py::module_& m);
 void bind_cosine(py::module_& m);
 void bind_triplet(py::module_& m);
+void bind_topk(py::module_& m);
 }  // namespace fastsim::bind
 
 PYBIND11_MODULE(_core, m) {
@@ -14,4 +15,5 @@ PYBIND11_MODULE(_core, m) {
   fastsim::bind::bind_core(m);
   fastsim::bind::bind_cosine(m);
   fastsim::bind::bind_triplet(m);
+  fastsim::bind::bind_topk(m);
 }

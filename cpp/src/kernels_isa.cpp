@@ -4,6 +4,7 @@
 #include "fastsim/cosine.hpp"
 #include "fastsim/gemm.hpp"
 #include "fastsim/kernels.hpp"
+#include "fastsim/topk.hpp"
 #include "fastsim/triplet.hpp"
 
 namespace fastsim {
@@ -77,7 +78,7 @@ void triplet_forward_entry(const T* v1, const T* v2, index_t b, index_t d, int e
 template <class T>
 constexpr TypedKernels<T> typed() {
   return TypedKernels<T>{&cosine_matrix<T>, &cosine_rows<T>, &gemm_nt_plain<T>, &triplet_forward_entry<T>,
-                         &triplet_backward<T>};
+                         &triplet_backward<T>, &top_k<T>};
 }
 
 }  // namespace

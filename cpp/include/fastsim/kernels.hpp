@@ -20,6 +20,9 @@ struct TypedKernels {
                           T* closest, int64_t* closest_idx);
   void (*triplet_backward)(const T* v1, const T* v2, index_t b, index_t d, const int64_t* closest_idx,
                            const uint8_t* active1, const uint8_t* active2, double weight, T* g1, T* g2);
+  // Exact cosine top-k (topk.hpp): (m, k) scores and int64 indices.
+  void (*top_k)(const T* q, index_t m, const T* c, index_t n, index_t d, index_t k, bool exclude_self, T* scores,
+                int64_t* indices);
 };
 
 struct KernelTable {
