@@ -4,6 +4,7 @@
 #include "fastsim/cosine.hpp"
 #include "fastsim/gemm.hpp"
 #include "fastsim/kernels.hpp"
+#include "fastsim/rnn.hpp"
 #include "fastsim/topk.hpp"
 #include "fastsim/triplet.hpp"
 
@@ -76,9 +77,28 @@ void triplet_forward_entry(const T* v1, const T* v2, index_t b, index_t d, int e
 }
 
 template <class T>
+void* rnn_create(int cell, const T* W_ih, const T* W_hh, const T* b_ih, const T* b_hh, index_t D, index_t H) {
+  auto* w = new RnnWeights<T>();
+  w->build(static_cast<Cell>(cell), W_ih, W_hh, b_ih, b_hh, D, H);
+  return w;
+}
+
+template <class T>
+void rnn_destroy(void* w) {
+  delete static_cast<RnnWeights<T>*>(w);
+}
+
+template <class T>
+void rnn_run(const void* w, const T* x, index_t B, index_t T_len, index_t row_b, index_t row_t, const int64_t* lengths,
+             bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off) {
+  rnn_direction<T>(*static_cast<const RnnWeights<T>*>(w), x, B, T_len, row_b, row_t, lengths, reverse, h, c, out,
+                   out_ld, out_off);
+}
+
+template <class T>
 constexpr TypedKernels<T> typed() {
   return TypedKernels<T>{&cosine_matrix<T>, &cosine_rows<T>, &gemm_nt_plain<T>, &triplet_forward_entry<T>,
-                         &triplet_backward<T>, &top_k<T>};
+                         &triplet_backward<T>, &top_k<T>, &rnn_create<T>, &rnn_destroy<T>, &rnn_run<T>};
 }
 
 }  // namespace

@@ -152,7 +152,37 @@ struct PackedB {
 
 struct GemmOptions {
   Split split = Split::Auto;
-  int threads = 0;  // 0: fastsim::num_threads(), reduced for small problems
+  int threads = 0;                // 0: fastsim::num_threads(), reduced for small problems
+  bool flush_denormals = false;   // FTZ/DAZ in every worker for the call, caller's mode restored
+};
+
+// Sets flush-to-zero and denormals-are-zero for this thread while alive, then
+// restores the previous mode (MXCSR is per thread, so each worker needs one).
+class DenormalGuard {
+ public:
+  explicit DenormalGuard(bool enable) {
+#if defined(__SSE__) || defined(__x86_64__)
+    if (enable) {
+      __asm__ volatile("stmxcsr %0" : "=m"(saved_));
+      unsigned int flushed = saved_ | 0x8040u;  // FTZ (bit 15) | DAZ (bit 6)
+      __asm__ volatile("ldmxcsr %0" : : "m"(flushed));
+      active_ = true;
+    }
+#else
+    (void)enable;
+#endif
+  }
+  ~DenormalGuard() {
+#if defined(__SSE__) || defined(__x86_64__)
+    if (active_) __asm__ volatile("ldmxcsr %0" : : "m"(saved_));
+#endif
+  }
+  DenormalGuard(const DenormalGuard&) = delete;
+  DenormalGuard& operator=(const DenormalGuard&) = delete;
+
+ private:
+  unsigned int saved_ = 0;
+  bool active_ = false;
 };
 
 template <class T>
@@ -201,6 +231,7 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
     const int tid = 0;
     const int nthr = 1;
 #endif
+    DenormalGuard denormals(opt.flush_denormals);
     // Static row ownership: thread t always gets the same row panels.
     index_t row_begin = 0, row_end = m;
     if (split == Split::Rows) {

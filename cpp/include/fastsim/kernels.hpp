@@ -23,6 +23,11 @@ struct TypedKernels {
   // Exact cosine top-k (topk.hpp): (m, k) scores and int64 indices.
   void (*top_k)(const T* q, index_t m, const T* c, index_t n, index_t d, index_t k, bool exclude_self, T* scores,
                 int64_t* indices);
+  // Recurrent layers (rnn.hpp): weights packed for this level behind an opaque handle.
+  void* (*rnn_create)(int cell, const T* W_ih, const T* W_hh, const T* b_ih, const T* b_hh, index_t D, index_t H);
+  void (*rnn_destroy)(void* weights);
+  void (*rnn_run)(const void* weights, const T* x, index_t B, index_t T_len, index_t row_b, index_t row_t,
+                  const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off);
 };
 
 struct KernelTable {

@@ -1,0 +1,316 @@
+// Recurrent forward passes (LSTM, GRU, vanilla RNN) on the GEMM engine.
+//
+// One direction of one layer at a time:
+//  1. one GEMM projects every time step at once: XW = X W_ih^T + bias;
+//  2. per step, the recurrent GEMM h_{t-1} W_hh^T runs on weights packed once
+//     at construction, and its epilogue applies the gates and the state update
+//     while the tile is in registers (LSTM, RNN) or right after it (GRU).
+//
+// LSTM fusion: the rows of W_ih and W_hh are permuted so that every NR-wide
+// micro-panel holds the four gates (i, f, g, o) of G = NR / 4 hidden units;
+// a tile then carries everything needed to update those units' c and h.
+// tanh(x) = 2 sigmoid(2x) - 1 lets one vector sigmoid serve all four gates.
+//
+// Variable lengths follow PyTorch's packed sequences: at step s a row whose
+// length is <= s is frozen (state kept, nothing written; outputs there stay
+// the zeros the caller allocated); the reverse direction runs step s at time
+// length - 1 - s, i.e. over each sequence's own length.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "gemm.hpp"
+#include "vecmath.hpp"
+
+namespace fastsim {
+namespace FASTSIM_LEVEL {
+
+enum class Cell : int { LSTM = 0, GRU = 1, RNN_TANH = 2, RNN_RELU = 3 };
+
+inline int gate_count(Cell cell) { return cell == Cell::LSTM ? 4 : (cell == Cell::GRU ? 3 : 1); }
+
+// Weights of one direction of one layer, packed for this SIMD level.
+template <class T>
+struct RnnWeights {
+  Cell cell = Cell::LSTM;
+  index_t D = 0, H = 0;
+  index_t cols = 0;        // columns of XW and of the recurrent GEMM (permuted/padded for LSTM)
+  PackedB<T> w_ih, w_hh;
+  std::vector<T> bias_x;   // added to XW (b_ih, plus b_hh where it can be folded)
+  std::vector<T> bias_h;   // GRU only: b_hh, added to the recurrent part before r multiplies it
+  std::vector<index_t> src_row;  // permuted column -> PyTorch row (-1 for padding)
+
+  // W_ih (gates*H, D), W_hh (gates*H, H), biases (gates*H) or null; PyTorch gate order.
+  void build(Cell c, const T* W_ih, const T* W_hh, const T* b_ih, const T* b_hh, index_t D_, index_t H_) {
+    cell = c;
+    D = D_;
+    H = H_;
+    const index_t gates = gate_count(c);
+    constexpr int NR = GemmShape<T>::NR;
+    src_row.clear();
+    if (c == Cell::LSTM) {
+      const index_t G = NR / 4;
+      const index_t panels = (H + G - 1) / G;
+      cols = panels * NR;
+      for (index_t p = 0; p < cols; ++p) {
+        const index_t q = p / NR, w = p % NR, gate = w / G, unit = q * G + w % G;
+        src_row.push_back(unit < H ? gate * H + unit : -1);
+      }
+    } else {
+      cols = gates * H;
+      for (index_t p = 0; p < cols; ++p) src_row.push_back(p);
+    }
+    std::vector<T> wi(static_cast<std::size_t>(cols * std::max<index_t>(D, 1)), T(0));
+    std::vector<T> wh(static_cast<std::size_t>(cols * std::max<index_t>(H, 1)), T(0));
+    bias_x.assign(static_cast<std::size_t>(cols), T(0));
+    bias_h.assign(static_cast<std::size_t>(cols), T(0));
+    for (index_t p = 0; p < cols; ++p) {
+      const index_t s = src_row[p];
+      if (s < 0) continue;
+      for (index_t k = 0; k < D; ++k) wi[p * D + k] = W_ih[s * D + k];
+      for (index_t k = 0; k < H; ++k) wh[p * H + k] = W_hh[s * H + k];
+      const T bi = b_ih ? b_ih[s] : T(0), bh = b_hh ? b_hh[s] : T(0);
+      if (c == Cell::GRU) {
+        bias_x[p] = bi;
+        bias_h[p] = bh;
+      } else {
+        bias_x[p] = bi + bh;
+      }
+    }
+    w_ih.pack(wi.data(), D, cols, D);
+    w_hh.pack(wh.data(), H, cols, H);
+  }
+};
+
+// XW[r, :] = X[r, :] W_ih^T + bias_x, for all N = B*T rows at once.
+template <class T>
+struct BiasStoreEpilogue {
+  T* c;
+  index_t ldc;
+  const T* bias;
+  template <int MR, int NV, class V>
+  inline void operator()(index_t i0, index_t j0, int mr, int nr, V (&acc)[MR][NV], int) {
+    constexpr int L = static_cast<int>(sizeof(V) / sizeof(T));
+    if (nr == NV * L) {
+      V bv[NV];
+      for (int v = 0; v < NV; ++v) bv[v] = load<V>(bias + j0 + v * L);
+      for (int r = 0; r < mr; ++r)
+        for (int v = 0; v < NV; ++v) store(c + (i0 + r) * ldc + j0 + v * L, acc[r][v] + bv[v]);
+    } else {
+      alignas(64) T t[MR * NV * L];
+      tile_to_array<MR, NV>(acc, t);
+      for (int r = 0; r < mr; ++r)
+        for (int j = 0; j < nr; ++j) c[(i0 + r) * ldc + j0 + j] = t[r * NV * L + j] + bias[j0 + j];
+    }
+  }
+};
+
+// Geometry shared by the step epilogues.
+template <class T>
+struct StepContext {
+  const T* xw;            // (rows of X) x cols
+  index_t cols;
+  index_t H;
+  const index_t* t_of;    // per batch row: time index processed this step, or -1 if frozen
+  index_t xw_row_b, xw_row_t;  // XW row of (i, t) = i * xw_row_b + t * xw_row_t
+  const T* h_prev;        // B x H
+  T* h_next;              // B x H
+  T* c;                   // B x H (LSTM), updated in place
+  T* out;                 // output rows, same (i, t) row map as XW
+  index_t out_ld, out_off;
+};
+
+template <class T>
+struct LstmStepEpilogue {
+  StepContext<T> ctx;
+
+  template <int MR, int NV, class V>
+  inline void operator()(index_t i0, index_t j0, int mr, int, V (&acc)[MR][NV], int) {
+    constexpr int L = static_cast<int>(sizeof(V) / sizeof(T));
+    constexpr int NR = NV * L;
+    constexpr int G = NR / 4;
+    static_assert(NR % 4 == 0, "an LSTM panel must split into four gates");
+    typedef T VG __attribute__((vector_size(G * sizeof(T))));
+    const index_t u0 = (j0 / NR) * G;
+    const index_t H = ctx.H;
+    const int units = static_cast<int>(std::min<index_t>(G, H - u0));
+    // Per-lane constants: the g gate (third quarter) becomes tanh = 2 sigmoid(2x) - 1.
+    V scale[NV], shift[NV];
+    for (int v = 0; v < NV; ++v)
+      for (int l = 0; l < L; ++l) {
+        const bool is_g = ((v * L + l) / G) == 2;
+        scale[v][l] = is_g ? T(2) : T(1);
+        shift[v][l] = is_g ? T(-1) : T(0);
+      }
+    for (int r = 0; r < mr; ++r) {
+      const index_t i = i0 + r;
+      const index_t t = ctx.t_of[i];
+      if (t < 0) {  // frozen: carry the state over
+        for (int u = 0; u < units; ++u) ctx.h_next[i * H + u0 + u] = ctx.h_prev[i * H + u0 + u];
+        continue;
+      }
+      const T* xw = ctx.xw + (i * ctx.xw_row_b + t * ctx.xw_row_t) * ctx.cols + j0;
+      alignas(64) T gate[NR];
+      for (int v = 0; v < NV; ++v) {
+        const V pre = (acc[r][v] + load<V>(xw + v * L)) * scale[v];
+        store(gate + v * L, vsigmoid<T>(pre) * scale[v] + shift[v]);
+      }
+      VG ig, fg, gg, og, cv;
+      std::memcpy(&ig, gate, sizeof(VG));
+      std::memcpy(&fg, gate + G, sizeof(VG));
+      std::memcpy(&gg, gate + 2 * G, sizeof(VG));
+      std::memcpy(&og, gate + 3 * G, sizeof(VG));
+      T* c = ctx.c + i * H + u0;
+      T* hn = ctx.h_next + i * H + u0;
+      T* o = ctx.out + (i * ctx.xw_row_b + t * ctx.xw_row_t) * ctx.out_ld + ctx.out_off + u0;
+      if (units == G) {
+        std::memcpy(&cv, c, sizeof(VG));
+        cv = fg * cv + ig * gg;
+        const VG hv = og * vtanh<T>(cv);
+        std::memcpy(c, &cv, sizeof(VG));
+        std::memcpy(hn, &hv, sizeof(VG));
+        std::memcpy(o, &hv, sizeof(VG));
+      } else {
+        alignas(64) T cbuf[G] = {};
+        for (int u = 0; u < units; ++u) cbuf[u] = c[u];
+        std::memcpy(&cv, cbuf, sizeof(VG));
+        cv = fg * cv + ig * gg;
+        const VG hv = og * vtanh<T>(cv);
+        for (int u = 0; u < units; ++u) {
+          c[u] = cv[u];
+          hn[u] = hv[u];
+          o[u] = hv[u];
+        }
+      }
+    }
+  }
+};
+
+// Vanilla RNN: h' = act(XW + h W_hh^T) (both biases folded into XW).
+template <class T>
+struct RnnStepEpilogue {
+  StepContext<T> ctx;
+  bool relu;
+  template <int MR, int NV, class V>
+  inline void operator()(index_t i0, index_t j0, int mr, int nr, V (&acc)[MR][NV], int) {
+    constexpr int L = static_cast<int>(sizeof(V) / sizeof(T));
+    constexpr int NR = NV * L;
+    const index_t H = ctx.H;
+    alignas(64) T hv[NR];
+    for (int r = 0; r < mr; ++r) {
+      const index_t i = i0 + r;
+      const index_t t = ctx.t_of[i];
+      if (t < 0) {
+        for (int j = 0; j < nr; ++j) ctx.h_next[i * H + j0 + j] = ctx.h_prev[i * H + j0 + j];
+        continue;
+      }
+      const index_t row = i * ctx.xw_row_b + t * ctx.xw_row_t;
+      const T* xw = ctx.xw + row * ctx.cols + j0;
+      for (int v = 0; v < NV; ++v) {
+        V pre = acc[r][v];
+        if (j0 + (v + 1) * L <= H) {
+          pre += load<V>(xw + v * L);
+        } else {
+          for (int l = 0; l < L && j0 + v * L + l < H; ++l) pre[l] += xw[v * L + l];
+        }
+        V h = relu ? ((pre > T(0)) ? pre : V{}) : vtanh<T>(pre);
+        // NaN must survive relu: (NaN > 0) is false, which would give 0.
+        if (relu) h = (pre != pre) ? pre : h;
+        store(hv + v * L, h);
+      }
+      T* o = ctx.out + row * ctx.out_ld + ctx.out_off;
+      for (int j = 0; j < nr; ++j) {
+        ctx.h_next[i * H + j0 + j] = hv[j];
+        o[j0 + j] = hv[j];
+      }
+    }
+  }
+};
+
+// Run one direction of one layer.
+//   x        : rows of D features; row of (i, t) = i * row_b + t * row_t
+//   lengths  : B entries in 1..T, or null (all T)
+//   h, c     : B x H initial states in, final states out (c: LSTM only)
+//   out      : rows of out_ld features, written at columns out_off .. out_off + H
+template <class T>
+void rnn_direction(const RnnWeights<T>& w, const T* x, index_t B, index_t T_len, index_t row_b, index_t row_t,
+                   const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off) {
+  const index_t H = w.H, D = w.D, cols = w.cols, N = B * T_len;
+  if (B <= 0 || T_len <= 0) return;
+  // 1. all input projections at once (rows in X's own order)
+  T* xw = scratch<T>(kScratchKernel, static_cast<std::size_t>(N * cols));
+  {
+    BiasStoreEpilogue<T> ep{xw, cols, w.bias_x.data()};
+    GemmOptions opt;
+    gemm_nt<T>(x, D, nullptr, 0, N, cols, D, ep, opt, &w.w_ih);
+  }
+  std::vector<T> hbuf(static_cast<std::size_t>(B * H));
+  std::vector<T> hh;  // GRU: recurrent part, B x cols
+  if (w.cell == Cell::GRU) hh.resize(static_cast<std::size_t>(B * cols));
+  std::vector<index_t> t_of(static_cast<std::size_t>(B));
+  T* h_prev = h;
+  T* h_next = hbuf.data();
+  GemmOptions opt;
+  opt.flush_denormals = true;
+  for (index_t s = 0; s < T_len; ++s) {
+    bool any = false;
+    for (index_t i = 0; i < B; ++i) {
+      const index_t len = lengths ? static_cast<index_t>(lengths[i]) : T_len;
+      t_of[i] = s < len ? (reverse ? len - 1 - s : s) : -1;
+      any |= t_of[i] >= 0;
+    }
+    if (!any) break;  // every sequence has ended: the states are final
+    StepContext<T> ctx{xw, cols, H, t_of.data(), row_b, row_t, h_prev, h_next, c, out, out_ld, out_off};
+    if (w.cell == Cell::LSTM) {
+      LstmStepEpilogue<T> ep{ctx};
+      gemm_nt<T>(h_prev, H, nullptr, 0, B, cols, H, ep, opt, &w.w_hh);
+    } else if (w.cell == Cell::GRU) {
+      BiasStoreEpilogue<T> ep{hh.data(), cols, w.bias_h.data()};
+      gemm_nt<T>(h_prev, H, nullptr, 0, B, cols, H, ep, opt, &w.w_hh);
+      DenormalGuard flush(true);
+      using V = vec_t<T>;
+      constexpr int L = Simd<T>::lanes;
+      for (index_t i = 0; i < B; ++i) {
+        const index_t t = t_of[i];
+        T* hn = h_next + i * H;
+        const T* hp = h_prev + i * H;
+        if (t < 0) {
+          std::copy(hp, hp + H, hn);
+          continue;
+        }
+        const index_t row = i * row_b + t * row_t;
+        const T* xr = xw + row * cols;
+        const T* hr = hh.data() + i * cols;
+        T* o = out + row * out_ld + out_off;
+        index_t u = 0;
+        for (; u + L <= H; u += L) {
+          const V r = vsigmoid<T>(load<V>(xr + u) + load<V>(hr + u));
+          const V z = vsigmoid<T>(load<V>(xr + H + u) + load<V>(hr + H + u));
+          const V n = vtanh<T>(load<V>(xr + 2 * H + u) + r * load<V>(hr + 2 * H + u));
+          const V hv = (T(1) - z) * n + z * load<V>(hp + u);
+          store(hn + u, hv);
+          store(o + u, hv);
+        }
+        for (; u < H; ++u) {
+          typedef T V1 __attribute__((vector_size(sizeof(T))));
+          const V1 r = vsigmoid<T>(V1{xr[u] + hr[u]});
+          const V1 z = vsigmoid<T>(V1{xr[H + u] + hr[H + u]});
+          const V1 n = vtanh<T>(V1{xr[2 * H + u]} + r * hr[2 * H + u]);
+          const T hv = ((T(1) - z) * n + z * hp[u])[0];
+          hn[u] = hv;
+          o[u] = hv;
+        }
+      }
+    } else {
+      RnnStepEpilogue<T> ep{ctx, w.cell == Cell::RNN_RELU};
+      gemm_nt<T>(h_prev, H, nullptr, 0, B, cols, H, ep, opt, &w.w_hh);
+    }
+    std::swap(h_prev, h_next);
+  }
+  if (h_prev != h) std::copy(h_prev, h_prev + B * H, h);
+}
+
+}  // namespace FASTSIM_LEVEL
+}  // namespace fastsim
