@@ -145,3 +145,15 @@ def check_lengths(lengths, batch: int, max_len: int, *, name: str = "lengths") -
         msg = f"{name} must lie within 1..{max_len} (the sequence axis); got values in {int(arr.min())}..{int(arr.max())}"
         raise ValueError(msg)
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def empty_aligned(shape, dtype, align: int = 64) -> np.ndarray:
+    """Uninitialized C-contiguous array whose data starts on an ``align``-byte boundary.
+
+    Full-vector (and non-temporal) stores in the compiled kernels need aligned rows.
+    """
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64))
+    raw = np.empty(n * dtype.itemsize + align, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % align
+    return raw[offset : offset + n * dtype.itemsize].view(dtype).reshape(shape)

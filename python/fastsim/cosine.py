@@ -6,7 +6,7 @@ import numpy as np
 
 from . import _backend
 from ._reference import cosine as _ref
-from ._validation import as_float_array, check_out, contiguous, result_dtype
+from ._validation import as_float_array, check_out, contiguous, empty_aligned, result_dtype
 
 __all__ = ["cosine_similarity", "cosine_similarity_matrix", "cosine_similarity_rows"]
 
@@ -110,7 +110,7 @@ def cosine_similarity_matrix(a, b=None, /, *, out=None, backend: str = "auto") -
     dt = result_dtype(a, b)
     shape = (a.shape[0], (a if b is None else b).shape[0])
     if out is None:
-        out = np.empty(shape, dtype=dt)
+        out = empty_aligned(shape, dt)
     else:
         check_out(out, shape, dt, inputs=(a, b))
     be = _backend.resolve(backend)

@@ -39,6 +39,7 @@ struct CosineEpilogue {
   T* c;
   index_t ldc;
   bool self_diag;
+  bool streaming = false;  // non-temporal stores for outputs far larger than the caches
 
   template <int MR, int NV, class V>
   inline void operator()(index_t i0, index_t j0, int mr, int nr, V (&acc)[MR][NV], int) {
@@ -49,8 +50,13 @@ struct CosineEpilogue {
       for (int v = 0; v < NV; ++v) rb[v] = load<V>(inv_b + j0 + v * L);
       for (int r = 0; r < MR; ++r) {
         const V ra = splat<V>(inv_a[i0 + r]);
-        for (int v = 0; v < NV; ++v)
-          store(c + (i0 + r) * ldc + j0 + v * L, clamp_keep_nan(acc[r][v] * ra * rb[v], minus_one, one));
+        for (int v = 0; v < NV; ++v) {
+          const V s = clamp_keep_nan(acc[r][v] * ra * rb[v], minus_one, one);
+          if (streaming)
+            store_stream(c + (i0 + r) * ldc + j0 + v * L, s);
+          else
+            store(c + (i0 + r) * ldc + j0 + v * L, s);
+        }
       }
     } else {
       alignas(64) T t[MR * NV * L];
@@ -80,7 +86,11 @@ void cosine_matrix(const T* a, index_t m, const T* b, index_t n, index_t k, T* o
   inverse_row_norms(a, k, m, k, inv_a);
   if (!self) inverse_row_norms(b, k, n, k, inv_b);
   CosineEpilogue<T> ep{inv_a, inv_b, out, n, self};
+  ep.streaming = static_cast<double>(m) * static_cast<double>(n) * sizeof(T) > 32.0 * 1024 * 1024;
   gemm_nt<T>(a, k, self ? a : b, k, m, n, k, ep);
+#if defined(__x86_64__) || defined(__i386__)
+  if (ep.streaming) _mm_sfence();  // order the non-temporal stores before the caller reads
+#endif
 }
 
 template <class T>

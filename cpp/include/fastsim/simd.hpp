@@ -5,7 +5,12 @@
 // in namespace fastsim::FASTSIM_LEVEL so the copies never collide at link time.
 #pragma once
 
+#include <cstdint>
 #include <cstring>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include "common.hpp"
 
@@ -46,6 +51,30 @@ inline V load(const T* p) {
 template <class V, class T>
 inline void store(T* p, V v) {
   std::memcpy(p, &v, sizeof(V));
+}
+
+// Non-temporal store of one full vector to a vector-aligned address: large
+// outputs that will not be read back soon skip the read-for-ownership and
+// do not evict the packed operands from cache.  Falls back to a plain store.
+template <class V, class T>
+inline void store_stream(T* p, V v) {
+#if defined(__x86_64__) || defined(__i386__)
+  if ((reinterpret_cast<std::uintptr_t>(p) & (sizeof(V) - 1)) == 0) {
+    constexpr bool f32 = sizeof(T) == 4;
+#if defined(FASTSIM_LEVEL_avx512)
+    if constexpr (f32) _mm512_stream_ps(reinterpret_cast<float*>(p), reinterpret_cast<__m512&>(v));
+    else _mm512_stream_pd(reinterpret_cast<double*>(p), reinterpret_cast<__m512d&>(v));
+#elif defined(FASTSIM_LEVEL_avx2)
+    if constexpr (f32) _mm256_stream_ps(reinterpret_cast<float*>(p), reinterpret_cast<__m256&>(v));
+    else _mm256_stream_pd(reinterpret_cast<double*>(p), reinterpret_cast<__m256d&>(v));
+#else
+    if constexpr (f32) _mm_stream_ps(reinterpret_cast<float*>(p), reinterpret_cast<__m128&>(v));
+    else _mm_stream_pd(reinterpret_cast<double*>(p), reinterpret_cast<__m128d&>(v));
+#endif
+    return;
+  }
+#endif
+  store(p, v);
 }
 
 template <class V, class T>
