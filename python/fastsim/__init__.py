@@ -18,6 +18,11 @@ from ._backend import (
     simd_levels,
 )
 from .cosine import cosine_similarity, cosine_similarity_matrix, cosine_similarity_rows
+from .pipeline import SiameseEncoder, Vocabulary, accuracy, is_duplicate, similarity
+from .rnn import GRU, LSTM, RNN, gru_forward, lstm_forward, rnn_forward
+from .topk import top_k
+from .triplet import (HardNegatives, TripletLossParts, hard_negatives, modified_triplet_loss,
+                      modified_triplet_loss_grad, triplet_loss)
 
 __all__ = [
     "__version__",
@@ -30,6 +35,24 @@ __all__ = [
     "set_num_threads",
     "set_simd_level",
     "simd_levels",
+    "top_k",
+    "SiameseEncoder",
+    "Vocabulary",
+    "accuracy",
+    "is_duplicate",
+    "similarity",
+    "LSTM",
+    "GRU",
+    "RNN",
+    "lstm_forward",
+    "gru_forward",
+    "rnn_forward",
+    "HardNegatives",
+    "TripletLossParts",
+    "hard_negatives",
+    "modified_triplet_loss",
+    "modified_triplet_loss_grad",
+    "triplet_loss",
 ]
 
 from ._backend import _init_threads_from_env as _init_threads
