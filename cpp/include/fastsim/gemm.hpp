@@ -89,13 +89,14 @@ inline void pack_panels(const T* src, index_t ld, index_t r0, index_t rows, inde
   }
 }
 
-// One MR x NR tile over the whole k; the result goes to the epilogue in registers.
+// One tile of R (<= MR) rows x NR columns over the whole k, R known at compile
+// time so every accumulator lives in a register; rows R..MR-1 stay zero.
 // A is read in place (rows at stride lda, broadcast one element at a time):
-// the MR rows of a tile are only MR * k elements, they stay in L1 while the
-// tile is computed, and skipping the A pack makes small problems cheap.
-template <class T, class Epilogue>
-inline void micro_kernel(index_t k, const T* __restrict a, index_t lda, const T* __restrict bp, Epilogue& ep,
-                         index_t i0, index_t j0, int mr, int nr, int thread) {
+// the rows of a tile are only R * k elements, they stay in L1 while the tile
+// is computed, and skipping the A pack makes small problems cheap.
+template <class T, int R, class Epilogue>
+inline void micro_kernel_rows(index_t k, const T* __restrict a, index_t lda, const T* __restrict bp, Epilogue& ep,
+                              index_t i0, index_t j0, int nr, int thread) {
   using S = GemmShape<T>;
   using V = vec_t<T>;
   constexpr int MR = S::MR, NV = S::NV, L = S::L, NR = S::NR;
@@ -104,35 +105,42 @@ inline void micro_kernel(index_t k, const T* __restrict a, index_t lda, const T*
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = V{};
-  if (mr == MR) {
-    const T* rows[MR];
+  const T* rows[R];
 #pragma GCC unroll 32
-    for (int r = 0; r < MR; ++r) rows[r] = a + r * lda;
-    for (index_t kk = 0; kk < k; ++kk) {
-      V b[NV];
+  for (int r = 0; r < R; ++r) rows[r] = a + r * lda;
+  for (index_t kk = 0; kk < k; ++kk) {
+    V b[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) b[v] = load<V>(bp + kk * NR + v * L);
+    for (int v = 0; v < NV; ++v) b[v] = load<V>(bp + kk * NR + v * L);
 #pragma GCC unroll 32
-      for (int r = 0; r < MR; ++r) {
-        const V av = splat<V>(rows[r][kk]);
+    for (int r = 0; r < R; ++r) {
+      const V av = splat<V>(rows[r][kk]);
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[r][v] += av * b[v];
-      }
-    }
-  } else {
-    // Edge tile: the missing rows are never read (their accumulators stay zero).
-    for (index_t kk = 0; kk < k; ++kk) {
-      V b[NV];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) b[v] = load<V>(bp + kk * NR + v * L);
-      for (int r = 0; r < mr; ++r) {
-        const V av = splat<V>(a[r * lda + kk]);
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[r][v] += av * b[v];
-      }
+      for (int v = 0; v < NV; ++v) acc[r][v] += av * b[v];
     }
   }
-  ep.template operator()<MR, NV, V>(i0, j0, mr, nr, acc, thread);
+  ep.template operator()<MR, NV, V>(i0, j0, R, nr, acc, thread);
+}
+
+// Picks the kernel for `mr` rows (edge tiles and small batches such as one
+// recurrent step of a single sequence).
+template <class T, int R, class Epilogue>
+inline void micro_kernel_dispatch(int mr, index_t k, const T* a, index_t lda, const T* bp, Epilogue& ep, index_t i0,
+                                  index_t j0, int nr, int thread) {
+  if constexpr (R > 1) {
+    if (mr < R) return micro_kernel_dispatch<T, R - 1>(mr, k, a, lda, bp, ep, i0, j0, nr, thread);
+  }
+  micro_kernel_rows<T, R>(k, a, lda, bp, ep, i0, j0, nr, thread);
+}
+
+template <class T, class Epilogue>
+inline void micro_kernel(index_t k, const T* __restrict a, index_t lda, const T* __restrict bp, Epilogue& ep,
+                         index_t i0, index_t j0, int mr, int nr, int thread) {
+  constexpr int MR = GemmShape<T>::MR;
+  if (mr == MR)
+    micro_kernel_rows<T, MR>(k, a, lda, bp, ep, i0, j0, nr, thread);
+  else
+    micro_kernel_dispatch<T, MR - 1>(mr, k, a, lda, bp, ep, i0, j0, nr, thread);
 }
 
 // A block of B rows packed once and reusable across calls (e.g. LSTM weights).

@@ -14,8 +14,7 @@ import numpy as np
 _OPTS = dict(nogil=True, cache=True, error_model="numpy")
 
 
-@nb.njit(parallel=True, **_OPTS)
-def _inverse_norms(a):
+def _inverse_norms_py(a):
     m, d = a.shape
     inv = np.empty(m, dtype=a.dtype)
     for i in nb.prange(m):
@@ -33,8 +32,7 @@ def _inverse_norms(a):
     return inv
 
 
-@nb.njit(parallel=True, **_OPTS)
-def _scaled(a, inv):
+def _scaled_py(a, inv):
     m, d = a.shape
     out = np.empty_like(a)
     for i in nb.prange(m):
@@ -44,8 +42,7 @@ def _scaled(a, inv):
     return out
 
 
-@nb.njit(parallel=True, **_OPTS)
-def _clamp_rows(out, inv_a, self_diag):
+def _clamp_rows_py(out, inv_a, self_diag):
     m, n = out.shape
     for i in nb.prange(m):
         for j in range(n):
@@ -64,34 +61,52 @@ def _clamp_rows(out, inv_a, self_diag):
                 out[i, i] = 0.0
 
 
-@nb.njit(**_OPTS)
-def _matrix(a, b, out, self_sim):
-    inv_a = _inverse_norms(a)
-    an = _scaled(a, inv_a)
-    if self_sim:
-        bn = an
-    else:
-        bn = _scaled(b, _inverse_norms(b))
-    if a.shape[1] == 0:
-        out[:, :] = 0.0
-    else:
-        np.dot(an, bn.T, out)
-    _clamp_rows(out, inv_a, self_sim)
+# Each helper exists twice: parallel for large inputs, serial for small ones,
+# where waking the thread pool costs more than the work.
+_inverse_norms = nb.njit(parallel=True, **_OPTS)(_inverse_norms_py)
+_scaled = nb.njit(parallel=True, **_OPTS)(_scaled_py)
+_clamp_rows = nb.njit(parallel=True, **_OPTS)(_clamp_rows_py)
+_inverse_norms_serial = nb.njit(**_OPTS)(_inverse_norms_py)
+_scaled_serial = nb.njit(**_OPTS)(_scaled_py)
+_clamp_rows_serial = nb.njit(**_OPTS)(_clamp_rows_py)
+
+_PARALLEL_MIN_WORK = 1 << 20  # multiply-adds below which the serial helpers win
+
+
+def _make_matrix(inverse_norms, scaled, clamp_rows):
+    @nb.njit(**_OPTS)
+    def matrix(a, b, out, self_sim):
+        inv_a = inverse_norms(a)
+        an = scaled(a, inv_a)
+        if self_sim:
+            bn = an
+        else:
+            bn = scaled(b, inverse_norms(b))
+        if a.shape[1] == 0:
+            out[:, :] = 0.0
+        else:
+            np.dot(an, bn.T, out)
+        clamp_rows(out, inv_a, self_sim)
+
+    return matrix
+
+
+_matrix = _make_matrix(_inverse_norms, _scaled, _clamp_rows)
+_matrix_serial = _make_matrix(_inverse_norms_serial, _scaled_serial, _clamp_rows_serial)
 
 
 def cosine_matrix(a, b, out):
     """``out[i, j] = cos(a[i], b[j])``; ``b=None`` compares ``a`` with itself."""
     if a.shape[0] == 0 or out.size == 0:
         return
+    fn = _matrix if out.size * a.shape[1] >= _PARALLEL_MIN_WORK else _matrix_serial
     if b is None:
-        _matrix(a, a, out, True)
+        fn(a, a, out, True)
     else:
-        _matrix(a, b, out, False)
+        fn(a, b, out, False)
 
 
-@nb.njit(parallel=True, **_OPTS)
-def cosine_rows(a, b, out):
-    """``out[i] = cos(a[i], b[i])``."""
+def _rows_py(a, b, out):
     n, d = a.shape
     for i in nb.prange(n):
         xy = 0.0
@@ -112,3 +127,12 @@ def cosine_rows(a, b, out):
         else:
             s = xy / (nx * ny)
             out[i] = min(1.0, max(-1.0, s))
+
+
+_rows = nb.njit(parallel=True, **_OPTS)(_rows_py)
+_rows_serial = nb.njit(**_OPTS)(_rows_py)
+
+
+def cosine_rows(a, b, out):
+    """``out[i] = cos(a[i], b[i])``."""
+    (_rows if a.size >= _PARALLEL_MIN_WORK else _rows_serial)(a, b, out)
