@@ -89,6 +89,17 @@ inline void pack_panels(const T* src, index_t ld, index_t r0, index_t rows, inde
   }
 }
 
+// Independent k-chains for a tile of R rows: with few rows there are too few
+// accumulators to cover the FMA latency, so k is dealt round-robin to KU
+// chains (kk % KU) that are summed in order at the end. Any scalar code that
+// must reproduce a tile's value bit for bit (the triplet positive) follows
+// exactly this order.
+template <class T>
+constexpr int k_chains(int rows) {
+  const int acc = rows * GemmShape<T>::NV;
+  return acc >= 8 ? 1 : (8 + acc - 1) / acc;
+}
+
 // One tile of R (<= MR) rows x NR columns over the whole k, R known at compile
 // time so every accumulator lives in a register; rows R..MR-1 stay zero.
 // A is read in place (rows at stride lda, broadcast one element at a time):
@@ -100,6 +111,7 @@ inline void micro_kernel_rows(index_t k, const T* __restrict a, index_t lda, con
   using S = GemmShape<T>;
   using V = vec_t<T>;
   constexpr int MR = S::MR, NV = S::NV, L = S::L, NR = S::NR;
+  constexpr int KU = k_chains<T>(R);
   V acc[MR][NV];
 #pragma GCC unroll 32
   for (int r = 0; r < MR; ++r)
@@ -108,18 +120,77 @@ inline void micro_kernel_rows(index_t k, const T* __restrict a, index_t lda, con
   const T* rows[R];
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r) rows[r] = a + r * lda;
-  for (index_t kk = 0; kk < k; ++kk) {
-    V b[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = load<V>(bp + kk * NR + v * L);
+  index_t kk = 0;
+  if constexpr (KU > 1) {
+    V part[KU][R][NV];
+#pragma GCC unroll 8
+    for (int u = 0; u < KU; ++u)
 #pragma GCC unroll 32
-    for (int r = 0; r < R; ++r) {
-      const V av = splat<V>(rows[r][kk]);
+      for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] += av * b[v];
+        for (int v = 0; v < NV; ++v) part[u][r][v] = V{};
+    for (; kk + KU <= k; kk += KU) {
+#pragma GCC unroll 8
+      for (int u = 0; u < KU; ++u) {
+        V b[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) b[v] = load<V>(bp + (kk + u) * NR + v * L);
+#pragma GCC unroll 32
+        for (int r = 0; r < R; ++r) {
+          const V av = splat<V>(rows[r][kk + u]);
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) part[u][r][v] += av * b[v];
+        }
+      }
+    }
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = part[0][r][v];
+    // the tail goes to chain 0 before the chains are summed
+    for (; kk < k; ++kk) {
+#pragma GCC unroll 32
+      for (int r = 0; r < R; ++r) {
+        const V av = splat<V>(rows[r][kk]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] += av * load<V>(bp + kk * NR + v * L);
+      }
+    }
+#pragma GCC unroll 8
+    for (int u = 1; u < KU; ++u)
+#pragma GCC unroll 32
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] += part[u][r][v];
+  } else {
+    for (; kk < k; ++kk) {
+      V b[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) b[v] = load<V>(bp + kk * NR + v * L);
+#pragma GCC unroll 32
+      for (int r = 0; r < R; ++r) {
+        const V av = splat<V>(rows[r][kk]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] += av * b[v];
+      }
     }
   }
   ep.template operator()<MR, NV, V>(i0, j0, R, nr, acc, thread);
+}
+
+// Scalar replica of one tile entry's accumulation order (see k_chains).
+template <class T>
+inline T tile_dot(const T* x, const T* y, index_t k, int chains) {
+  T part[8] = {};
+  index_t kk = 0;
+  if (chains > 1) {
+    for (; kk + chains <= k; kk += chains)
+      for (int u = 0; u < chains; ++u) part[u] += x[kk + u] * y[kk + u];
+  }
+  T acc = part[0];
+  for (; kk < k; ++kk) acc += x[kk] * y[kk];
+  for (int u = 1; u < chains; ++u) acc += part[u];
+  return acc;
 }
 
 // Picks the kernel for `mr` rows (edge tiles and small batches such as one
@@ -228,17 +299,8 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
                      : scratch<T>(kScratchPackB, static_cast<std::size_t>(std::min<index_t>(NC, (n + NR - 1) / NR * NR) * kk));
   const index_t m_panels = (m + MR - 1) / MR;
 
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-  {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num();
-    const int nthr = omp_get_num_threads();
-#else
-    const int tid = 0;
-    const int nthr = 1;
-#endif
+  // The whole computation of one thread; barriers only when several run it.
+  auto body = [&](const int tid, const int nthr) {
     DenormalGuard denormals(opt.flush_denormals);
     // Static row ownership: thread t always gets the same row panels.
     index_t row_begin = 0, row_end = m;
@@ -257,7 +319,9 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
         if (p1 > p0)
           pack_panels<NR>(b, ldb, jc + p0 * NR, std::min(nc - p0 * NR, (p1 - p0) * NR), k, bbuf + p0 * NR * kk);
 #ifdef _OPENMP
+        if (nthr > 1) {
 #pragma omp barrier
+        }
 #endif
         bblock = bbuf;
       }
@@ -281,12 +345,20 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
         }
       }
 #ifdef _OPENMP
-      if (!packed_b) {
+      if (!packed_b && nthr > 1) {
 #pragma omp barrier
       }
 #endif
     }
+  };
+#ifdef _OPENMP
+  if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+    body(omp_get_thread_num(), omp_get_num_threads());
+    return;
   }
+#endif
+  body(0, 1);
 }
 
 // Copy a register tile to a plain MR x NR array (for edge tiles handled by scalar code).

@@ -27,13 +27,11 @@ namespace FASTSIM_LEVEL {
 enum class EmptyMode : int { Shift = 0, Floor = 1 };
 
 // The positive s[i, i] computed with exactly the arithmetic of the micro-kernel
-// (one accumulator, k in order, then * inv2[i] * inv1[i]) so that a negative
-// equal to the positive compares equal, as the spec requires.
+// tile that holds row i (same k-chains, then * inv2[i] * inv1[i]) so that a
+// negative equal to the positive compares equal, as the spec requires.
 template <class T>
-inline T positive_score(const T* x, const T* y, index_t k, T inv_x, T inv_y) {
-  T acc = T(0);
-  for (index_t kk = 0; kk < k; ++kk) acc += x[kk] * y[kk];
-  return clamp_keep_nan(acc * inv_x * inv_y, T(-1), T(1));
+inline T positive_score(const T* x, const T* y, index_t k, T inv_x, T inv_y, int chains) {
+  return clamp_keep_nan(tile_dot(x, y, k, chains) * inv_x * inv_y, T(-1), T(1));
 }
 
 template <class T>
@@ -135,8 +133,14 @@ void triplet_forward(const T* v1, const T* v2, index_t b, index_t d, EmptyMode e
   std::vector<double> neg_sum(static_cast<std::size_t>(b), 0.0);
   std::vector<T> top(static_cast<std::size_t>(b), T(-4));
   std::vector<int64_t> top_j(static_cast<std::size_t>(b), -1);
+  // Rows of the last, partial tile run with fewer rows and so more k-chains.
+  constexpr int MR = GemmShape<T>::MR;
+  const index_t edge_rows = b % MR, edge_begin = b - edge_rows;
+  const int full_chains = k_chains<T>(MR);
+  const int edge_chains = edge_rows ? k_chains<T>(static_cast<int>(edge_rows)) : full_chains;
   for (index_t i = 0; i < b; ++i) {
-    positive[i] = positive_score(v2 + i * d, v1 + i * d, d, inv2[i], inv1[i]);
+    const int chains = i >= edge_begin ? edge_chains : full_chains;
+    positive[i] = positive_score(v2 + i * d, v1 + i * d, d, inv2[i], inv1[i], chains);
     closest[i] = T(-4);
     closest_idx[i] = -1;
   }
