@@ -1,3 +1,6 @@
+#include <algorithm>
+#include <vector>
+
 #include "arrays.hpp"
 #include "fastsim/kernels.hpp"
 
@@ -37,7 +40,7 @@ py::tuple forward_t(py::array& v1, py::array& v2, int empty) {
 
 template <class T>
 py::tuple backward_t(py::array& v1, py::array& v2, py::array& closest_idx, py::array& active1, py::array& active2,
-                     double weight) {
+                     py::object& weight) {
   const index_t b = v1.shape(0), d = v1.shape(1);
   auto check_vec = [b](py::array& a, const char* name, py::dtype dt) {
     require_ndim(a, 1, name);
@@ -51,6 +54,16 @@ py::tuple backward_t(py::array& v1, py::array& v2, py::array& closest_idx, py::a
   const int64_t* idx = cptr<int64_t>(closest_idx);
   for (index_t i = 0; i < b; ++i)
     if (idx[i] < -1 || idx[i] >= b) throw std::invalid_argument("closest_idx out of range");
+  // One weight for every row (a float) or one per row (an array of b).
+  std::vector<double> weights(static_cast<std::size_t>(b));
+  if (py::isinstance<py::float_>(weight) || py::isinstance<py::int_>(weight)) {
+    std::fill(weights.begin(), weights.end(), weight.cast<double>());
+  } else {
+    auto wa = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(weight);
+    if (!wa || wa.ndim() != 1 || wa.shape(0) != b)
+      throw std::invalid_argument("weight must be a float or an array of one weight per row");
+    std::copy(wa.data(), wa.data() + b, weights.begin());
+  }
   py::array_t<T> g1({b, d}), g2({b, d});
   const T* p1 = cptr<T>(v1);
   const T* p2 = cptr<T>(v2);
@@ -61,7 +74,7 @@ py::tuple backward_t(py::array& v1, py::array& v2, py::array& closest_idx, py::a
   auto fn = typed_kernels<T>().triplet_backward;
   {
     py::gil_scoped_release release;  // every array is owned by this frame
-    fn(p1, p2, b, d, idx, a1, a2, weight, pg1, pg2);
+    fn(p1, p2, b, d, idx, a1, a2, weights.data(), pg1, pg2);
   }
   return py::make_tuple(g1, g2);
 }
@@ -81,13 +94,13 @@ void bind_triplet(py::module_& m) {
       "streamed over GEMM tiles; closest_index is -1 where the closest value is the constant -2.");
   m.def(
       "triplet_backward",
-      [](py::array v1, py::array v2, py::array closest_idx, py::array active1, py::array active2, double weight) {
+      [](py::array v1, py::array v2, py::array closest_idx, py::array active1, py::array active2, py::object weight) {
         check_pair(v1, v2);
         return dtype_of(v1, "v1") == DType::F32 ? backward_t<float>(v1, v2, closest_idx, active1, active2, weight)
                                                  : backward_t<double>(v1, v2, closest_idx, active1, active2, weight);
       },
       py::arg("v1"), py::arg("v2"), py::arg("closest_idx"), py::arg("active1"), py::arg("active2"),
-      py::arg("weight"), "Gradient (d cost/d v1, d cost/d v2) of sum_i weight * (L1_i + L2_i).");
+      py::arg("weight"), "Gradient (d cost/d v1, d cost/d v2) of sum_i weight_i * (L1_i + L2_i); weight is a float or (b,).");
 }
 
 }  // namespace fastsim::bind

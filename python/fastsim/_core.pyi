@@ -24,5 +24,5 @@ def triplet_backward(
     closest_idx: npt.NDArray[np.int64],
     active1: npt.NDArray[np.uint8],
     active2: npt.NDArray[np.uint8],
-    weight: float,
+    weight: float | npt.NDArray[np.float64],
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...

@@ -19,7 +19,7 @@ struct TypedKernels {
   void (*triplet_forward)(const T* v1, const T* v2, index_t b, index_t d, int empty_mode, T* positive, T* mean_neg,
                           T* closest, int64_t* closest_idx);
   void (*triplet_backward)(const T* v1, const T* v2, index_t b, index_t d, const int64_t* closest_idx,
-                           const uint8_t* active1, const uint8_t* active2, double weight, T* g1, T* g2);
+                           const uint8_t* active1, const uint8_t* active2, const double* weights, T* g1, T* g2);
   // Exact cosine top-k (topk.hpp): (m, k) scores and int64 indices.
   void (*top_k)(const T* q, index_t m, const T* c, index_t n, index_t d, index_t k, bool exclude_self, T* scores,
                 int64_t* indices);

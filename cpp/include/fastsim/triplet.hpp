@@ -167,12 +167,12 @@ void triplet_forward(const T* v1, const T* v2, index_t b, index_t d, EmptyMode e
   }
 }
 
-// Gradient of cost = sum_i w * (L1_i + L2_i) with respect to v1 and v2.
+// Gradient of cost = sum_i w_i * (L1_i + L2_i) with respect to v1 and v2.
 // active1/active2 mark rows whose hinge is strictly positive; `closest_idx`
 // is -1 where the closest term is a constant (floor or empty without index).
 template <class T>
 void triplet_backward(const T* v1, const T* v2, index_t b, index_t d, const int64_t* closest_idx,
-                      const uint8_t* active1, const uint8_t* active2, double w, T* g1, T* g2) {
+                      const uint8_t* active1, const uint8_t* active2, const double* w, T* g1, T* g2) {
   std::vector<double> inv(static_cast<std::size_t>(2 * b)), nrm(static_cast<std::size_t>(2 * b));
   for (index_t i = 0; i < b; ++i) {
     for (int which = 0; which < 2; ++which) {
@@ -184,11 +184,11 @@ void triplet_backward(const T* v1, const T* v2, index_t b, index_t d, const int6
       inv[which * b + i] = (n > 0 && std::isfinite(n)) ? 1.0 / n : 0.0;
     }
   }
-  const double c_scale = w / static_cast<double>(b - 1);
+  const double inv_negatives = 1.0 / static_cast<double>(b - 1);
   // Column sums of the normalized rows: sum_j u1_j and sum_i c_i u2_i.
   std::vector<double> sum_u1(static_cast<std::size_t>(d), 0.0), sum_cu2(static_cast<std::size_t>(d), 0.0);
   for (index_t i = 0; i < b; ++i) {
-    const double s1 = inv[i], s2 = inv[b + i] * (active1[i] ? c_scale : 0.0);
+    const double s1 = inv[i], s2 = inv[b + i] * (active1[i] ? w[i] * inv_negatives : 0.0);
     for (index_t k = 0; k < d; ++k) {
       sum_u1[k] += v1[i * d + k] * s1;
       sum_cu2[k] += v2[i * d + k] * s2;
@@ -201,18 +201,18 @@ void triplet_backward(const T* v1, const T* v2, index_t b, index_t d, const int6
   std::vector<double> gu2(static_cast<std::size_t>(d));
   for (index_t i = 0; i < b; ++i) {
     const double a1 = active1[i] ? 1.0 : 0.0, a2 = active2[i] ? 1.0 : 0.0;
-    const double ci = a1 * c_scale;
-    const double pos_w = -(a1 + a2) * w;
+    const double ci = a1 * w[i] * inv_negatives;
+    const double pos_w = -(a1 + a2) * w[i];
     const double i1 = inv[i], i2 = inv[b + i];
     const int64_t kj = active2[i] ? closest_idx[i] : -1;
     const double ik = kj >= 0 ? inv[kj] : 0.0;
     for (index_t k = 0; k < d; ++k) {
       const double u1 = v1[i * d + k] * i1, u2 = v2[i * d + k] * i2;
       double g = pos_w * u1 + ci * (sum_u1[k] - u1);
-      if (kj >= 0) g += w * v1[kj * d + k] * ik;
+      if (kj >= 0) g += w[i] * v1[kj * d + k] * ik;
       gu2[k] = g;
       gu1[i * d + k] += static_cast<T>(pos_w * u2 + (sum_cu2[k] - ci * u2));
-      if (kj >= 0) gu1[kj * d + k] += static_cast<T>(w * u2);
+      if (kj >= 0) gu1[kj * d + k] += static_cast<T>(w[i] * u2);
     }
     // Through u2 = v2 / |v2|: (g - (g.u) u) / |v2|.
     double gdotu = 0;
