@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import sys
 import time
@@ -22,6 +23,24 @@ import fastsim
 from .common import max_abs_error, time_call
 
 AREAS = ("cosine", "triplet", "rnn", "pipeline")
+
+# Every library compared here keeps a thread pool that busy-waits after each
+# parallel call (OpenBLAS for up to ~2^28 cycles, GNU OpenMP in fastsim and in
+# PyTorch for ~300k spins).  On a 2-core machine an idle pool spinning beside
+# the one being timed steals its cores, so the bench shortens those waits.
+# They are read when each library loads, hence the re-exec before any import.
+QUIET_POOLS = {"OPENBLAS_THREAD_TIMEOUT": "4", "GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "0"}
+
+
+def _reexec_with_quiet_pools(argv) -> None:
+    if os.environ.get("FASTSIM_BENCH_CHILD") == "1":
+        return
+    env = dict(os.environ)
+    for key, value in QUIET_POOLS.items():
+        env.setdefault(key, value)
+    env["FASTSIM_BENCH_CHILD"] = "1"
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "fastsim", *argv], env)
 
 
 def _load_areas(selected):
@@ -64,6 +83,11 @@ def run(args) -> list[dict]:
     print(f"fastsim {fastsim.__version__}  {platform.processor() or platform.machine()}  "
           f"simd={fastsim.info().get('simd_level')}  threads={threads}  openmp={fastsim.info().get('openmp')}",
           file=out)
+    pools = {k: os.environ[k] for k in QUIET_POOLS if k in os.environ}
+    if pools:
+        print("thread-pool waits: " + " ".join(f"{k}={v}" for k, v in pools.items()), file=out)
+    if hasattr(os, "getloadavg"):
+        print(f"load average before the run: {os.getloadavg()[0]:.2f}", file=out)
     peak = measure_peak(threads)
     if peak:
         print(f"FMA peak: float32 {peak['float32_1t']:.0f} GFLOP/s on 1 thread, {peak['float32']:.0f} on {threads}; "
@@ -162,6 +186,8 @@ def main(argv=None) -> int:
     b.add_argument("--threads", type=int, default=None, help="threads for the cpp/numba kernels")
     b.add_argument("--max-time", type=float, default=2.0, help="max seconds of timing per runner")
     b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    b.add_argument("--keep-env", action="store_true",
+                   help="do not shorten the thread pools' spin-waits (see QUIET_POOLS)")
     sub.add_parser("info", help="print version, backends, SIMD level and threads")
     args = parser.parse_args(argv)
     if args.command == "info":
@@ -172,6 +198,8 @@ def main(argv=None) -> int:
         unknown = set(args.ops) - set(AREAS)
         if unknown:
             parser.error(f"--ops: unknown {sorted(unknown)}; choose from {AREAS}")
+    if not args.keep_env:
+        _reexec_with_quiet_pools(sys.argv[1:] if argv is None else list(argv))
     if args.threads:
         fastsim.set_num_threads(args.threads)
     run(args)
