@@ -30,16 +30,17 @@ Every kernel is reached through two internal functions::
 * ``active1``, ``active2``: uint8 (b,), 1 where ``L1`` (``L2``) is strictly
   positive; ``closest_index`` as returned by ``_forward``.
 * ``weight``: the weight of every row in the cost (1 for a sum, 1/b for a
-  mean), a float; the NumPy and Numba kernels also take one float64 weight per
-  row, which ``fastsim.torch`` needs for ``reduction="none"``.
+  mean), a float, or one float64 weight per row, which ``fastsim.torch``
+  needs for ``reduction="none"``.
 * ``grad_v1``, ``grad_v2``: new C-contiguous (b, d) arrays of the input dtype,
   ``d cost / d v1`` and ``d cost / d v2`` for ``cost = sum_i weight_i loss_i``.
 
 The compiled kernels ``_backend.core().triplet_forward(v1, v2, empty_code)`` and
 ``_backend.core().triplet_backward(v1, v2, closest_index, active1, active2,
-weight)`` have exactly these contracts (a scalar ``weight``); they serve once
-``"cpp"`` is added to ``_SUPPORTED``.  :func:`hard_negatives` works on a
-precomputed matrix and has its own list, ``_HARD_NEGATIVES_SUPPORTED``.
+weight)`` have exactly these contracts.  :func:`hard_negatives` works on a
+precomputed matrix and has its own list, ``_HARD_NEGATIVES_SUPPORTED`` (NumPy
+and Numba: a single pass over a matrix that already exists gains nothing from
+the GEMM engine).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ __all__ = [
     "value_and_grad",
 ]
 
-_SUPPORTED = ("numpy", "numba")
+_SUPPORTED = ("numpy", "numba", "cpp")
 _HARD_NEGATIVES_SUPPORTED = ("numpy", "numba")
 
 _EMPTY_CODES = {"shift": 0, "floor": 1}
@@ -133,12 +134,9 @@ def _forward(be: str, v1: np.ndarray, v2: np.ndarray, empty_code: int):
 
 
 def _backward(be: str, v1, v2, closest_index, active1, active2, weight):
-    if be == "cpp" and np.ndim(weight) == 0:
-        return _backend.core().triplet_backward(v1, v2, closest_index, active1, active2, float(weight))
     if be == "cpp":
-        # the compiled kernel takes one weight for all rows; per-row weights
-        # (a vector-Jacobian product) go to the next kernel available
-        be = "numba" if "numba" in _backend.available_backends() else "numpy"
+        w = float(weight) if np.ndim(weight) == 0 else np.ascontiguousarray(weight, dtype=np.float64)
+        return _backend.core().triplet_backward(v1, v2, closest_index, active1, active2, w)
     if be == "numpy":
         return _ref.triplet_backward(v1, v2, closest_index, active1, active2, weight)
     return _backend.numba_module("triplet").triplet_backward(v1, v2, closest_index, active1, active2, weight)
@@ -165,7 +163,8 @@ def _prepare_pair(v1, v2):
     v1 = as_float_array(v1, "v1", ndim=2)
     v2 = as_float_array(v2, "v2", ndim=2)
     if v1.shape != v2.shape:
-        msg = f"v1 and v2 must have the same shape (b, d): row i of each is a duplicate pair; got {v1.shape} and {v2.shape}"
+        msg = (f"v1 and v2 must have the same shape (b, d): row i of each is a duplicate pair; "
+               f"got {v1.shape} and {v2.shape}")
         raise ValueError(msg)
     _check_batch_size(v1.shape[0], "v1 and v2")
     dt = result_dtype(v1, v2)

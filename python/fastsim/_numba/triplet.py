@@ -28,16 +28,25 @@ running best is rescanned for its first column.  Columns reach a row in
 increasing order except for the diagonal's tile, which comes first, so equal
 values keep the lower index explicitly.
 
+Gradient (:func:`triplet_backward`): O(b d) with no tile at all, given each
+row's closest index and hinge flags.  Writing ``G = dcost/ds``, the mean term
+of ``G u1`` needs only ``sum_j u1_j`` (minus the row's own ``u1_i``), the
+closest term is one gathered row; ``G^T u2`` needs ``sum_i mean_w_i u2_i`` and,
+for each column, the rows that chose it as closest, grouped by a counting sort
+so that the pass gathers instead of scattering.  Float64 throughout.
+
 Threads: the GEMM tiles run on the BLAS library's threads.  The folds and the
 O(b d) passes are serial on purpose: a Numba parallel region started while the
-BLAS threads are still spinning after a call fights them for the cores (on a
-2-core machine that cost more than the whole fold), and the vectorized fold is
-a few percent of the GEMM.  Few, large tiles matter for the same reason: every
+BLAS threads are still spinning after a call fights them for the cores (on
+2 cores, a parallel fold after every tile made the whole call several times
+slower), and the vectorized fold is a fraction of the GEMM (about a sixth at
+b = 4096, d = 256).  Few, large tiles matter for the same reason: every
 BLAS call is a fork and a join of its threads.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numba as nb
@@ -72,9 +81,9 @@ def _normalized(x):
         else:
             w = 1.0 / nrm
         inv[i] = w
-        wt = x.dtype.type(w)
+        # scale in float64: 1/|x| of a tiny float32 row may not fit in float32
         for k in range(d):
-            out[i, k] = x[i, k] * wt
+            out[i, k] = x[i, k] * w
     return out, inv
 
 
@@ -106,6 +115,7 @@ def _key(x: float, dtype) -> int:
     return bits ^ ((bits >> (8 * it.itemsize - 1)) & int(np.iinfo(it).max))
 
 
+@functools.lru_cache(maxsize=None)
 def _key_constants(dtype):
     """The int dtype matching ``dtype`` and the key constants as scalars of it.
 
@@ -273,7 +283,7 @@ def _shift_empty_rows(u1, u2, closest, closest_j, buf, buf_keys, k, row_block, c
 
 
 def _buffers(dtype, rows: int, cols: int):
-    int_dtype, keys = _key_constants(dtype)
+    int_dtype, keys = _key_constants(np.dtype(dtype))
     buf = np.empty(rows * cols, dtype=dtype)
     return buf, buf.view(int_dtype), keys
 
@@ -287,7 +297,8 @@ def triplet_forward(v1, v2, empty):
     """
     b = v1.shape[0]
     if COL_BLOCK % ROW_BLOCK:
-        msg = f"COL_BLOCK ({COL_BLOCK}) must be a multiple of ROW_BLOCK ({ROW_BLOCK}): a row block's diagonal must lie in one column tile"
+        msg = (f"COL_BLOCK ({COL_BLOCK}) must be a multiple of ROW_BLOCK ({ROW_BLOCK}): "
+               "a row block's diagonal must lie in one column tile")
         raise ValueError(msg)
     rows = min(b, ROW_BLOCK)
     cols = min(b, COL_BLOCK)
@@ -301,12 +312,40 @@ def triplet_forward(v1, v2, empty):
 
 
 @nb.njit(**_OPTS)
-def _backward(v1, v2, closest_idx, active1, active2, weight):
+def _inverse_norms(x):
+    """1/|row| in float64: 0 for zero and infinite rows (their scores are 0 or NaN), NaN for NaN rows."""
+    n, d = x.shape
+    inv = np.empty(n)
+    for i in range(n):
+        s = 0.0
+        for k in range(d):
+            v = np.float64(x[i, k])
+            s += v * v
+        nrm = np.sqrt(s)
+        inv[i] = nrm if nrm != nrm else (0.0 if nrm == 0.0 or nrm == np.inf else 1.0 / nrm)
+    return inv
+
+
+@nb.njit(inline="always")
+def _project_into(g, x, inv, i, out):
+    # through u = x / |x|: drop the component along u, scale by 1/|x|
+    d = g.shape[0]
+    w = inv[i]
+    along = 0.0
+    for k in range(d):
+        along += g[k] * (x[i, k] * w)
+    for k in range(d):
+        out[i, k] = (g[k] - along * (x[i, k] * w)) * w
+
+
+@nb.njit(**_OPTS)
+def _backward(v1, v2, closest_idx, active1, active2, weight, grad_v1, grad_v2):
     b, d = v1.shape
-    # float64 throughout: O(b d) work, and the gradient of float32 input keeps its accuracy
-    u1, inv1 = _normalized(v1.astype(np.float64))
-    u2, inv2 = _normalized(v2.astype(np.float64))
-    # weight of each row's mean term (spread over b - 1 scores), positive and closest terms
+    # float64 arithmetic throughout (O(b d) work): the unit rows u = x / |x| are
+    # formed on the fly from the inputs and these inverse norms, never stored
+    inv1 = _inverse_norms(v1)
+    inv2 = _inverse_norms(v2)
+    # each row's weight on its b - 1 mean-term scores, its positive and its closest negative
     mean_w = np.empty(b)
     pos_w = np.empty(b)
     closest_w = np.empty(b)
@@ -321,44 +360,55 @@ def _backward(v1, v2, closest_idx, active1, active2, weight):
     u1_sum = np.zeros(d)
     u2_weighted_sum = np.zeros(d)
     for i in range(b):
+        w1 = inv1[i]
+        w2 = mean_w[i] * inv2[i]
         for k in range(d):
-            u1_sum[k] += u1[i, k]
-            u2_weighted_sum[k] += mean_w[i] * u2[i, k]
+            u1_sum[k] += v1[i, k] * w1
+            u2_weighted_sum[k] += v2[i, k] * w2
 
-    # dC/du2_i = pos_w_i u1_i + mean_w_i (sum_j u1_j - u1_i) + closest_w_i u1_{k_i}
-    # dC/du1_j = pos_w_j u2_j + (sum_i mean_w_i u2_i - mean_w_j u2_j) + sum_{i: k_i = j} closest_w_i u2_i
-    grad_u1 = np.empty((b, d))
-    for j in range(b):
-        for k in range(d):
-            grad_u1[j, k] = pos_w[j] * u2[j, k] + u2_weighted_sum[k] - mean_w[j] * u2[j, k]
-    grad_v2 = np.empty_like(v2)
-    g = np.empty(d)
+    # the rows whose closest negative is column j, grouped by j (a counting sort),
+    # so that the closest term of dC/du1_j is a gather rather than a scatter
+    start = np.zeros(b + 1, dtype=np.int64)
     for i in range(b):
-        kj = closest_idx[i]
-        cw = closest_w[i]
-        for k in range(d):
-            g[k] = pos_w[i] * u1[i, k] + mean_w[i] * (u1_sum[k] - u1[i, k])
-        if cw != 0.0:
-            for k in range(d):
-                g[k] += cw * u1[kj, k]
-                grad_u1[kj, k] += cw * u2[i, k]
-        _project_row(g, u2, inv2, i, grad_v2)
-    grad_v1 = np.empty_like(v1)
+        if closest_w[i] != 0.0:
+            start[closest_idx[i] + 1] += 1
     for j in range(b):
-        _project_row(grad_u1[j], u1, inv1, j, grad_v1)
-    return grad_v1, grad_v2
+        start[j + 1] += start[j]
+    fill = start[:b].copy()
+    chosen_by = np.empty(start[b], dtype=np.int64)
+    for i in range(b):
+        if closest_w[i] != 0.0:
+            chosen_by[fill[closest_idx[i]]] = i
+            fill[closest_idx[i]] += 1
 
-
-@nb.njit(inline="always")
-def _project_row(g, u, inv, i, out):
-    # through u = x / |x|: drop the component along u, scale by 1/|x|
-    d = g.shape[0]
-    along = 0.0
-    for k in range(d):
-        along += g[k] * u[i, k]
-    w = inv[i]
-    for k in range(d):
-        out[i, k] = (g[k] - along * u[i, k]) * w
+    g = np.empty(d)
+    # dC/du2_i = pos_w_i u1_i + mean_w_i (sum_j u1_j - u1_i) + closest_w_i u1_{k_i}
+    for i in range(b):
+        w1 = inv1[i]
+        pw = pos_w[i]
+        mw = mean_w[i]
+        for k in range(d):
+            u1 = v1[i, k] * w1
+            g[k] = pw * u1 + mw * (u1_sum[k] - u1)
+        cw = closest_w[i]
+        if cw != 0.0:
+            kj = closest_idx[i]
+            wk = cw * inv1[kj]
+            for k in range(d):
+                g[k] += v1[kj, k] * wk
+        _project_into(g, v2, inv2, i, grad_v2)
+    # dC/du1_j = pos_w_j u2_j + (sum_i mean_w_i u2_i - mean_w_j u2_j) + sum_{i: k_i = j} closest_w_i u2_i
+    for j in range(b):
+        w2 = inv2[j]
+        c = (pos_w[j] - mean_w[j]) * w2
+        for k in range(d):
+            g[k] = v2[j, k] * c + u2_weighted_sum[k]
+        for r in range(start[j], start[j + 1]):
+            i = chosen_by[r]
+            wi = closest_w[i] * inv2[i]
+            for k in range(d):
+                g[k] += v2[i, k] * wi
+        _project_into(g, v1, inv1, j, grad_v1)
 
 
 def triplet_backward(v1, v2, closest_idx, active1, active2, weight):
@@ -370,8 +420,11 @@ def triplet_backward(v1, v2, closest_idx, active1, active2, weight):
     """
     b = v1.shape[0]
     w = np.ascontiguousarray(np.broadcast_to(np.asarray(weight, dtype=np.float64), (b,)))
-    return _backward(v1, v2, np.ascontiguousarray(closest_idx, dtype=np.int64),
-                     np.ascontiguousarray(active1, dtype=np.uint8), np.ascontiguousarray(active2, dtype=np.uint8), w)
+    grad_v1 = np.empty_like(v1)
+    grad_v2 = np.empty_like(v2)
+    _backward(v1, v2, np.ascontiguousarray(closest_idx, dtype=np.int64), np.ascontiguousarray(active1, dtype=np.uint8),
+              np.ascontiguousarray(active2, dtype=np.uint8), w, grad_v1, grad_v2)
+    return grad_v1, grad_v2
 
 
 # --------------------------------------------------------------------------- precomputed matrix
