@@ -1,10 +1,13 @@
 // Recurrent forward passes (LSTM, GRU, vanilla RNN) on the GEMM engine.
 //
-// One direction of one layer at a time:
-//  1. one GEMM projects every time step at once: XW = X W_ih^T + bias;
-//  2. per step, the recurrent GEMM h_{t-1} W_hh^T runs on weights packed once
-//     at construction, and its epilogue applies the gates and the state update
-//     while the tile is in registers (LSTM, RNN) or right after it (GRU).
+// One direction of one layer at a time.
+//  LSTM and RNN: per step, one GEMM multiplies the staged row [x_t | h_{t-1}]
+//     by [W_ih | W_hh] (packed once at construction, K = D + H), and its
+//     epilogue adds the bias, applies the gates and updates the state while
+//     the tile is in registers; no projection buffer exists.
+//  GRU: its n gate needs the input and recurrent parts apart, so one GEMM
+//     projects every time step at once (XW = X W_ih^T + b_ih), and per step
+//     the recurrent GEMM h_{t-1} W_hh^T + b_hh is followed by the gate pass.
 //
 // LSTM fusion: the rows of W_ih and W_hh are permuted so that every NR-wide
 // micro-panel holds the four gates (i, f, g, o) of G = NR / 4 hidden units;
@@ -37,7 +40,8 @@ struct RnnWeights {
   Cell cell = Cell::LSTM;
   index_t D = 0, H = 0;
   index_t cols = 0;        // columns of XW and of the recurrent GEMM (permuted/padded for LSTM)
-  PackedB<T> w_ih, w_hh;
+  PackedB<T> w_ih, w_hh;  // GRU
+  PackedB<T> w_cat;       // LSTM and RNN: [W_ih | W_hh], K = D + H
   std::vector<T> bias_x;   // added to XW (b_ih, plus b_hh where it can be folded)
   std::vector<T> bias_h;   // GRU only: b_hh, added to the recurrent part before r multiplies it
   std::vector<index_t> src_row;  // permuted column -> PyTorch row (-1 for padding)
@@ -79,8 +83,18 @@ struct RnnWeights {
         bias_x[p] = bi + bh;
       }
     }
-    w_ih.pack(wi.data(), D, cols, D);
-    w_hh.pack(wh.data(), H, cols, H);
+    if (c == Cell::GRU) {
+      w_ih.pack(wi.data(), D, cols, D);
+      w_hh.pack(wh.data(), H, cols, H);
+    } else {
+      const index_t K = D + H;
+      std::vector<T> cat(static_cast<std::size_t>(cols * K));
+      for (index_t p = 0; p < cols; ++p) {
+        std::copy(wi.begin() + p * D, wi.begin() + (p + 1) * D, cat.begin() + p * K);
+        std::copy(wh.begin() + p * H, wh.begin() + (p + 1) * H, cat.begin() + p * K + D);
+      }
+      w_cat.pack(cat.data(), K, cols, K);
+    }
   }
 };
 
@@ -110,15 +124,15 @@ struct BiasStoreEpilogue {
 // Geometry shared by the step epilogues.
 template <class T>
 struct StepContext {
-  const T* xw;            // (rows of X) x cols
-  index_t cols;
+  const T* bias;          // cols: b_ih + b_hh, in the permuted column order
   index_t H;
   const index_t* t_of;    // per batch row: time index processed this step, or -1 if frozen
-  index_t xw_row_b, xw_row_t;  // XW row of (i, t) = i * xw_row_b + t * xw_row_t
-  const T* h_prev;        // B x H
-  T* h_next;              // B x H
+  index_t row_b, row_t;   // output row of (i, t) = i * row_b + t * row_t
+  const T* h_prev;        // row i at h_prev + i * ld_h (H values)
+  T* h_next;              // likewise
+  index_t ld_h;
   T* c;                   // B x H (LSTM), updated in place
-  T* out;                 // output rows, same (i, t) row map as XW
+  T* out;                 // output rows of out_ld values
   index_t out_ld, out_off;
 };
 
@@ -148,13 +162,12 @@ struct LstmStepEpilogue {
       const index_t i = i0 + r;
       const index_t t = ctx.t_of[i];
       if (t < 0) {  // frozen: carry the state over
-        for (int u = 0; u < units; ++u) ctx.h_next[i * H + u0 + u] = ctx.h_prev[i * H + u0 + u];
+        for (int u = 0; u < units; ++u) ctx.h_next[i * ctx.ld_h + u0 + u] = ctx.h_prev[i * ctx.ld_h + u0 + u];
         continue;
       }
-      const T* xw = ctx.xw + (i * ctx.xw_row_b + t * ctx.xw_row_t) * ctx.cols + j0;
       alignas(64) T gate[NR];
       for (int v = 0; v < NV; ++v) {
-        const V pre = (acc[r][v] + load<V>(xw + v * L)) * scale[v];
+        const V pre = (acc[r][v] + load<V>(ctx.bias + j0 + v * L)) * scale[v];
         store(gate + v * L, vsigmoid<T>(pre) * scale[v] + shift[v]);
       }
       VG ig, fg, gg, og, cv;
@@ -163,8 +176,8 @@ struct LstmStepEpilogue {
       std::memcpy(&gg, gate + 2 * G, sizeof(VG));
       std::memcpy(&og, gate + 3 * G, sizeof(VG));
       T* c = ctx.c + i * H + u0;
-      T* hn = ctx.h_next + i * H + u0;
-      T* o = ctx.out + (i * ctx.xw_row_b + t * ctx.xw_row_t) * ctx.out_ld + ctx.out_off + u0;
+      T* hn = ctx.h_next + i * ctx.ld_h + u0;
+      T* o = ctx.out + (i * ctx.row_b + t * ctx.row_t) * ctx.out_ld + ctx.out_off + u0;
       if (units == G) {
         std::memcpy(&cv, c, sizeof(VG));
         cv = fg * cv + ig * gg;
@@ -197,23 +210,23 @@ struct RnnStepEpilogue {
   inline void operator()(index_t i0, index_t j0, int mr, int nr, V (&acc)[MR][NV], int) {
     constexpr int L = static_cast<int>(sizeof(V) / sizeof(T));
     constexpr int NR = NV * L;
-    const index_t H = ctx.H;
     alignas(64) T hv[NR];
     for (int r = 0; r < mr; ++r) {
       const index_t i = i0 + r;
       const index_t t = ctx.t_of[i];
       if (t < 0) {
-        for (int j = 0; j < nr; ++j) ctx.h_next[i * H + j0 + j] = ctx.h_prev[i * H + j0 + j];
+        for (int j = 0; j < nr; ++j) ctx.h_next[i * ctx.ld_h + j0 + j] = ctx.h_prev[i * ctx.ld_h + j0 + j];
         continue;
       }
-      const index_t row = i * ctx.xw_row_b + t * ctx.xw_row_t;
-      const T* xw = ctx.xw + row * ctx.cols + j0;
+      const index_t row = i * ctx.row_b + t * ctx.row_t;
+      const index_t H = ctx.H;
+      const T* bias = ctx.bias + j0;
       for (int v = 0; v < NV; ++v) {
         V pre = acc[r][v];
         if (j0 + (v + 1) * L <= H) {
-          pre += load<V>(xw + v * L);
+          pre += load<V>(bias + v * L);
         } else {
-          for (int l = 0; l < L && j0 + v * L + l < H; ++l) pre[l] += xw[v * L + l];
+          for (int l = 0; l < L && j0 + v * L + l < H; ++l) pre[l] += bias[v * L + l];
         }
         V h = relu ? ((pre > T(0)) ? pre : V{}) : vtanh<T>(pre);
         // NaN must survive relu: (NaN > 0) is false, which would give 0.
@@ -222,7 +235,7 @@ struct RnnStepEpilogue {
       }
       T* o = ctx.out + row * ctx.out_ld + ctx.out_off;
       for (int j = 0; j < nr; ++j) {
-        ctx.h_next[i * H + j0 + j] = hv[j];
+        ctx.h_next[i * ctx.ld_h + j0 + j] = hv[j];
         o[j0 + j] = hv[j];
       }
     }
@@ -239,73 +252,95 @@ void rnn_direction(const RnnWeights<T>& w, const T* x, index_t B, index_t T_len,
                    const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off) {
   const index_t H = w.H, D = w.D, cols = w.cols, N = B * T_len;
   if (B <= 0 || T_len <= 0) return;
-  // 1. all input projections at once (rows in X's own order)
-  T* xw = scratch<T>(kScratchKernel, static_cast<std::size_t>(N * cols));
-  {
-    BiasStoreEpilogue<T> ep{xw, cols, w.bias_x.data()};
-    GemmOptions opt;
-    gemm_nt<T>(x, D, nullptr, 0, N, cols, D, ep, opt, &w.w_ih);
-  }
-  std::vector<T> hbuf(static_cast<std::size_t>(B * H));
-  std::vector<T> hh;  // GRU: recurrent part, B x cols
-  if (w.cell == Cell::GRU) hh.resize(static_cast<std::size_t>(B * cols));
   std::vector<index_t> t_of(static_cast<std::size_t>(B));
-  T* h_prev = h;
-  T* h_next = hbuf.data();
-  GemmOptions opt;
-  opt.flush_denormals = true;
-  for (index_t s = 0; s < T_len; ++s) {
+  auto plan_step = [&](index_t s) {
     bool any = false;
     for (index_t i = 0; i < B; ++i) {
       const index_t len = lengths ? static_cast<index_t>(lengths[i]) : T_len;
       t_of[i] = s < len ? (reverse ? len - 1 - s : s) : -1;
       any |= t_of[i] >= 0;
     }
-    if (!any) break;  // every sequence has ended: the states are final
-    StepContext<T> ctx{xw, cols, H, t_of.data(), row_b, row_t, h_prev, h_next, c, out, out_ld, out_off};
-    if (w.cell == Cell::LSTM) {
-      LstmStepEpilogue<T> ep{ctx};
-      gemm_nt<T>(h_prev, H, nullptr, 0, B, cols, H, ep, opt, &w.w_hh);
-    } else if (w.cell == Cell::GRU) {
-      BiasStoreEpilogue<T> ep{hh.data(), cols, w.bias_h.data()};
-      gemm_nt<T>(h_prev, H, nullptr, 0, B, cols, H, ep, opt, &w.w_hh);
-      DenormalGuard flush(true);
-      using V = vec_t<T>;
-      constexpr int L = Simd<T>::lanes;
-      for (index_t i = 0; i < B; ++i) {
-        const index_t t = t_of[i];
-        T* hn = h_next + i * H;
-        const T* hp = h_prev + i * H;
-        if (t < 0) {
-          std::copy(hp, hp + H, hn);
-          continue;
+    return any;
+  };
+  GemmOptions opt;
+  opt.flush_denormals = true;
+
+  if (w.cell != Cell::GRU) {
+    // Two staging buffers of B rows [x_t | h]; the epilogue writes h_t into the other one.
+    const index_t K = D + H;
+    T* stage = scratch<T>(kScratchKernel, static_cast<std::size_t>(2 * B * K));
+    T* cur = stage;
+    T* nxt = stage + B * K;
+    std::fill(stage, stage + 2 * B * K, T(0));
+    for (index_t i = 0; i < B; ++i) std::copy(h + i * H, h + (i + 1) * H, cur + i * K + D);
+    for (index_t s = 0; s < T_len; ++s) {
+      if (!plan_step(s)) break;  // every sequence has ended: the states are final
+      for (index_t i = 0; i < B; ++i)
+        if (t_of[i] >= 0) {
+          const T* xr = x + (i * row_b + t_of[i] * row_t) * D;
+          std::copy(xr, xr + D, cur + i * K);
         }
-        const index_t row = i * row_b + t * row_t;
-        const T* xr = xw + row * cols;
-        const T* hr = hh.data() + i * cols;
-        T* o = out + row * out_ld + out_off;
-        index_t u = 0;
-        for (; u + L <= H; u += L) {
-          const V r = vsigmoid<T>(load<V>(xr + u) + load<V>(hr + u));
-          const V z = vsigmoid<T>(load<V>(xr + H + u) + load<V>(hr + H + u));
-          const V n = vtanh<T>(load<V>(xr + 2 * H + u) + r * load<V>(hr + 2 * H + u));
-          const V hv = (T(1) - z) * n + z * load<V>(hp + u);
-          store(hn + u, hv);
-          store(o + u, hv);
-        }
-        for (; u < H; ++u) {
-          typedef T V1 __attribute__((vector_size(sizeof(T))));
-          const V1 r = vsigmoid<T>(V1{xr[u] + hr[u]});
-          const V1 z = vsigmoid<T>(V1{xr[H + u] + hr[H + u]});
-          const V1 n = vtanh<T>(V1{xr[2 * H + u]} + r * hr[2 * H + u]);
-          const T hv = ((T(1) - z) * n + z * hp[u])[0];
-          hn[u] = hv;
-          o[u] = hv;
-        }
+      StepContext<T> ctx{w.bias_x.data(), H, t_of.data(), row_b, row_t, cur + D, nxt + D, K, c, out, out_ld, out_off};
+      if (w.cell == Cell::LSTM) {
+        LstmStepEpilogue<T> ep{ctx};
+        gemm_nt<T>(cur, K, nullptr, 0, B, cols, K, ep, opt, &w.w_cat);
+      } else {
+        RnnStepEpilogue<T> ep{ctx, w.cell == Cell::RNN_RELU};
+        gemm_nt<T>(cur, K, nullptr, 0, B, cols, K, ep, opt, &w.w_cat);
       }
-    } else {
-      RnnStepEpilogue<T> ep{ctx, w.cell == Cell::RNN_RELU};
-      gemm_nt<T>(h_prev, H, nullptr, 0, B, cols, H, ep, opt, &w.w_hh);
+      std::swap(cur, nxt);
+    }
+    for (index_t i = 0; i < B; ++i) std::copy(cur + i * K + D, cur + i * K + D + H, h + i * H);
+    return;
+  }
+
+  // GRU: all input projections at once (rows in X's own order), then per step.
+  T* xw = scratch<T>(kScratchKernel, static_cast<std::size_t>(N * cols));
+  {
+    BiasStoreEpilogue<T> ep{xw, cols, w.bias_x.data()};
+    gemm_nt<T>(x, D, nullptr, 0, N, cols, D, ep, GemmOptions{}, &w.w_ih);
+  }
+  std::vector<T> hbuf(static_cast<std::size_t>(B * H));
+  std::vector<T> hh(static_cast<std::size_t>(B * cols));
+  T* h_prev = h;
+  T* h_next = hbuf.data();
+  using V = vec_t<T>;
+  constexpr int L = Simd<T>::lanes;
+  for (index_t s = 0; s < T_len; ++s) {
+    if (!plan_step(s)) break;
+    BiasStoreEpilogue<T> ep{hh.data(), cols, w.bias_h.data()};
+    gemm_nt<T>(h_prev, H, nullptr, 0, B, cols, H, ep, opt, &w.w_hh);
+    DenormalGuard flush(true);
+    for (index_t i = 0; i < B; ++i) {
+      const index_t t = t_of[i];
+      T* hn = h_next + i * H;
+      const T* hp = h_prev + i * H;
+      if (t < 0) {
+        std::copy(hp, hp + H, hn);
+        continue;
+      }
+      const index_t row = i * row_b + t * row_t;
+      const T* xr = xw + row * cols;
+      const T* hr = hh.data() + i * cols;
+      T* o = out + row * out_ld + out_off;
+      index_t u = 0;
+      for (; u + L <= H; u += L) {
+        const V r = vsigmoid<T>(load<V>(xr + u) + load<V>(hr + u));
+        const V z = vsigmoid<T>(load<V>(xr + H + u) + load<V>(hr + H + u));
+        const V n = vtanh<T>(load<V>(xr + 2 * H + u) + r * load<V>(hr + 2 * H + u));
+        const V hv = (T(1) - z) * n + z * load<V>(hp + u);
+        store(hn + u, hv);
+        store(o + u, hv);
+      }
+      for (; u < H; ++u) {
+        typedef T V1 __attribute__((vector_size(sizeof(T))));
+        const V1 r = vsigmoid<T>(V1{xr[u] + hr[u]});
+        const V1 z = vsigmoid<T>(V1{xr[H + u] + hr[H + u]});
+        const V1 n = vtanh<T>(V1{xr[2 * H + u]} + r * hr[2 * H + u]);
+        const T hv = ((T(1) - z) * n + z * hp[u])[0];
+        hn[u] = hv;
+        o[u] = hv;
+      }
     }
     std::swap(h_prev, h_next);
   }
