@@ -138,11 +138,27 @@ void triplet_forward(const T* v1, const T* v2, index_t b, index_t d, EmptyMode e
   const index_t edge_rows = b % MR, edge_begin = b - edge_rows;
   const int full_chains = k_chains<T>(MR);
   const int edge_chains = edge_rows ? k_chains<T>(static_cast<int>(edge_rows)) : full_chains;
-  for (index_t i = 0; i < b; ++i) {
+  index_t i = 0;
+  if (full_chains == 1) {
+    // Eight rows at a time: each row keeps its own in-order chain (the tile's
+    // arithmetic), and the eight chains overlap in the FMA pipeline.
+    constexpr int kRows = 8;
+    for (; i + kRows <= edge_begin; i += kRows) {
+      T acc[kRows] = {};
+      for (index_t kk = 0; kk < d; ++kk)
+#pragma GCC unroll 8
+        for (int r = 0; r < kRows; ++r) acc[r] += v2[(i + r) * d + kk] * v1[(i + r) * d + kk];
+      for (int r = 0; r < kRows; ++r)
+        positive[i + r] = clamp_keep_nan(acc[r] * inv2[i + r] * inv1[i + r], T(-1), T(1));
+    }
+  }
+  for (; i < b; ++i) {
     const int chains = i >= edge_begin ? edge_chains : full_chains;
     positive[i] = positive_score(v2 + i * d, v1 + i * d, d, inv2[i], inv1[i], chains);
-    closest[i] = T(-4);
-    closest_idx[i] = -1;
+  }
+  for (index_t r = 0; r < b; ++r) {
+    closest[r] = T(-4);
+    closest_idx[r] = -1;
   }
   TripletEpilogue<T> ep{inv2, inv1, {positive, neg_sum.data(), closest, closest_idx, top.data(), top_j.data()}};
   GemmOptions opt;
