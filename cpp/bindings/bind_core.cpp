@@ -20,6 +20,24 @@ void bind_core(py::module_& m) {
   m.def("micro_tile", [](bool f64) { return py::make_tuple(kernels().micro_rows(f64), kernels().micro_cols(f64)); },
         py::arg("f64") = false);
   m.def(
+      "vec_math",
+      [](const std::string& fn, py::array x) {
+        const int code = fn == "exp" ? 0 : fn == "sigmoid" ? 1 : fn == "tanh" ? 2 : -1;
+        if (code < 0) throw std::invalid_argument("fn must be 'exp', 'sigmoid' or 'tanh'");
+        require_ndim(x, 1, "x");
+        require_c_contiguous(x, "x");
+        const DType t = dtype_of(x, "x");
+        if (t == DType::F32) {
+          py::array_t<float> out(x.shape(0));
+          kernels().f32.vec_math(code, cptr<float>(x), x.shape(0), out.mutable_data());
+          return py::array(out);
+        }
+        py::array_t<double> out(x.shape(0));
+        kernels().f64.vec_math(code, cptr<double>(x), x.shape(0), out.mutable_data());
+        return py::array(out);
+      },
+      py::arg("fn"), py::arg("x"), "The recurrent kernels' vectorized exp/sigmoid/tanh, element-wise (for tests).");
+  m.def(
       "fma_peak_gflops",
       [](bool f64, double seconds, int threads) {
         if (!(seconds > 0) || seconds > 60) throw std::invalid_argument("seconds must be in (0, 60]");

@@ -77,6 +77,21 @@ void triplet_forward_entry(const T* v1, const T* v2, index_t b, index_t d, int e
 }
 
 template <class T>
+void vec_math(int fn, const T* x, index_t n, T* out) {
+  using V = vec_t<T>;
+  constexpr int L = Simd<T>::lanes;
+  for (index_t i = 0; i < n; i += L) {
+    alignas(64) T buf[L] = {};
+    const index_t m = std::min<index_t>(L, n - i);
+    for (index_t l = 0; l < m; ++l) buf[l] = x[i + l];
+    V v = load<V>(buf);
+    v = fn == 0 ? vexp<T>(v) : (fn == 1 ? vsigmoid<T>(v) : vtanh<T>(v));
+    store(buf, v);
+    for (index_t l = 0; l < m; ++l) out[i + l] = buf[l];
+  }
+}
+
+template <class T>
 void* rnn_create(int cell, const T* W_ih, const T* W_hh, const T* b_ih, const T* b_hh, index_t D, index_t H) {
   auto* w = new RnnWeights<T>();
   w->build(static_cast<Cell>(cell), W_ih, W_hh, b_ih, b_hh, D, H);
@@ -98,7 +113,7 @@ void rnn_run(const void* w, const T* x, index_t B, index_t T_len, index_t row_b,
 template <class T>
 constexpr TypedKernels<T> typed() {
   return TypedKernels<T>{&cosine_matrix<T>, &cosine_rows<T>, &gemm_nt_plain<T>, &triplet_forward_entry<T>,
-                         &triplet_backward<T>, &top_k<T>, &rnn_create<T>, &rnn_destroy<T>, &rnn_run<T>};
+                         &triplet_backward<T>, &top_k<T>, &vec_math<T>, &rnn_create<T>, &rnn_destroy<T>, &rnn_run<T>};
 }
 
 }  // namespace

@@ -26,3 +26,33 @@ def triplet_backward(
     active2: npt.NDArray[np.uint8],
     weight: float | npt.NDArray[np.float64],
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
+def vec_math(fn: str, x: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]: ...
+
+class RnnLayer:
+    def __init__(
+        self,
+        cell: int,
+        W_ih: npt.NDArray[np.floating],
+        W_hh: npt.NDArray[np.floating],
+        b_ih: npt.NDArray[np.floating] | None,
+        b_hh: npt.NDArray[np.floating] | None,
+    ) -> None: ...
+    def run(
+        self,
+        x: npt.NDArray[np.floating],
+        B: int,
+        T: int,
+        batch_first: bool,
+        lengths: npt.NDArray[np.int64] | None,
+        reverse: bool,
+        h: npt.NDArray[np.floating],
+        c: npt.NDArray[np.floating] | None,
+        out: npt.NDArray[np.floating],
+        out_ld: int,
+        out_off: int,
+    ) -> None: ...
+    @property
+    def is_f64(self) -> bool: ...
+def top_k(
+    queries: npt.NDArray[np.floating], corpus: npt.NDArray[np.floating], k: int, exclude_self: bool
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]: ...

@@ -23,6 +23,8 @@ struct TypedKernels {
   // Exact cosine top-k (topk.hpp): (m, k) scores and int64 indices.
   void (*top_k)(const T* q, index_t m, const T* c, index_t n, index_t d, index_t k, bool exclude_self, T* scores,
                 int64_t* indices);
+  // Element-wise vexp (0), vsigmoid (1), vtanh (2) of vecmath.hpp, for testing their accuracy.
+  void (*vec_math)(int fn, const T* x, index_t n, T* out);
   // Recurrent layers (rnn.hpp): weights packed for this level behind an opaque handle.
   void* (*rnn_create)(int cell, const T* W_ih, const T* W_hh, const T* b_ih, const T* b_hh, index_t D, index_t H);
   void (*rnn_destroy)(void* weights);
