@@ -14,6 +14,22 @@ import numpy as np
 _OPTS = dict(nogil=True, cache=True, error_model="numpy")
 
 
+@nb.njit(**_OPTS)
+def inverse_norms_f64(a):
+    """1/|row| accumulated and returned in float64: 0 for zero and infinite rows
+    (their scores become 0 or NaN downstream), NaN for rows holding NaN."""
+    m, d = a.shape
+    inv = np.empty(m)
+    for i in range(m):
+        s = 0.0
+        for k in range(d):
+            x = np.float64(a[i, k])
+            s += x * x
+        nrm = np.sqrt(s)
+        inv[i] = nrm if nrm != nrm else (0.0 if nrm == 0.0 or nrm == np.inf else 1.0 / nrm)
+    return inv
+
+
 def _inverse_norms_py(a):
     m, d = a.shape
     inv = np.empty(m, dtype=a.dtype)

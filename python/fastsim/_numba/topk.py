@@ -28,6 +28,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from .cosine import inverse_norms_f64
+
 CORPUS_TILE = 4096
 QUERY_BLOCK = 1024
 
@@ -44,14 +46,10 @@ def _normalized(a):
     cosine kernels.
     """
     m, d = a.shape
+    inv = inverse_norms_f64(a)
     out = np.empty_like(a)
     for i in range(m):
-        s = 0.0
-        for k in range(d):
-            x = np.float64(a[i, k])
-            s += x * x
-        nrm = np.sqrt(s)
-        w = 0.0 if nrm == 0.0 or np.isinf(nrm) else 1.0 / nrm
+        w = inv[i]
         for k in range(d):
             out[i, k] = a[i, k] * w
     return out

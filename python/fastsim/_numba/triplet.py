@@ -52,6 +52,8 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
+from .cosine import inverse_norms_f64
+
 ROW_BLOCK = 1024
 COL_BLOCK = 4096
 SPAN = 256
@@ -311,19 +313,6 @@ def triplet_forward(v1, v2, empty):
 # --------------------------------------------------------------------------- gradient
 
 
-@nb.njit(**_OPTS)
-def _inverse_norms(x):
-    """1/|row| in float64: 0 for zero and infinite rows (their scores are 0 or NaN), NaN for NaN rows."""
-    n, d = x.shape
-    inv = np.empty(n)
-    for i in range(n):
-        s = 0.0
-        for k in range(d):
-            v = np.float64(x[i, k])
-            s += v * v
-        nrm = np.sqrt(s)
-        inv[i] = nrm if nrm != nrm else (0.0 if nrm == 0.0 or nrm == np.inf else 1.0 / nrm)
-    return inv
 
 
 @nb.njit(inline="always")
@@ -343,8 +332,8 @@ def _backward(v1, v2, closest_idx, active1, active2, weight, grad_v1, grad_v2):
     b, d = v1.shape
     # float64 arithmetic throughout (O(b d) work): the unit rows u = x / |x| are
     # formed on the fly from the inputs and these inverse norms, never stored
-    inv1 = _inverse_norms(v1)
-    inv2 = _inverse_norms(v2)
+    inv1 = inverse_norms_f64(v1)
+    inv2 = inverse_norms_f64(v2)
     # each row's weight on its b - 1 mean-term scores, its positive and its closest negative
     mean_w = np.empty(b)
     pos_w = np.empty(b)
