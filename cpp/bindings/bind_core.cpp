@@ -16,6 +16,9 @@ void bind_core(py::module_& m) {
   m.def("set_num_threads", &fastsim::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &fastsim::num_threads);
   m.def("openmp_enabled", &fastsim::openmp_enabled);
+  m.def("gemm_block_bytes", &fastsim::gemm_block_bytes, "Bytes of packed B one GEMM block may occupy (L2 budget).");
+  m.def("set_gemm_block_bytes", &fastsim::set_gemm_block_bytes, py::arg("bytes"),
+        "Set the GEMM L2 block budget in bytes; 0 restores the default (half the L2 cache).");
   m.def("compiler", []() { return std::string(FASTSIM_COMPILER); });
   m.def("micro_tile", [](bool f64) { return py::make_tuple(kernels().micro_rows(f64), kernels().micro_cols(f64)); },
         py::arg("f64") = false);

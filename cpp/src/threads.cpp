@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <thread>
 
+#include <unistd.h>
+
 #include "fastsim/common.hpp"
 
 #ifdef _OPENMP
@@ -29,7 +31,33 @@ std::atomic<int>& thread_count() {
   return n;
 }
 
+std::size_t default_block_bytes() {
+  if (const char* env = std::getenv("FASTSIM_GEMM_BLOCK_BYTES")) {
+    const long long n = std::atoll(env);
+    if (n > 0) return static_cast<std::size_t>(n);
+  }
+  long l2 = -1;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+  l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+  if (l2 <= 0) l2 = 1 << 20;
+  // Half of L2, within sane bounds (some hypervisors report nonsense).
+  return std::clamp<std::size_t>(static_cast<std::size_t>(l2) / 2, 128 * 1024, 4 * 1024 * 1024);
+}
+
+std::atomic<std::size_t>& block_bytes() {
+  static std::atomic<std::size_t> n{default_block_bytes()};
+  return n;
+}
+
 }  // namespace
+
+std::size_t gemm_block_bytes() { return block_bytes().load(std::memory_order_relaxed); }
+
+void set_gemm_block_bytes(std::size_t bytes) {
+  block_bytes().store(bytes ? std::clamp<std::size_t>(bytes, 16 * 1024, 64 * 1024 * 1024) : default_block_bytes(),
+                      std::memory_order_relaxed);
+}
 
 int num_threads() {
 #ifdef _OPENMP

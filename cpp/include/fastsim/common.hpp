@@ -16,6 +16,12 @@ int num_threads();
 void set_num_threads(int n);
 bool openmp_enabled();
 
+// Bytes of packed B a GEMM block may occupy (it must stay in the per-core L2
+// while the A micro-panels stream past it): half the L2 reported by the OS,
+// or FASTSIM_GEMM_BLOCK_BYTES, or set_gemm_block_bytes (0 restores the default).
+std::size_t gemm_block_bytes();
+void set_gemm_block_bytes(std::size_t bytes);
+
 // Cache-line aligned scratch memory that frees itself.
 template <class T>
 class AlignedBuffer {

@@ -3,21 +3,20 @@
 //   A : m x k, row-major, row stride lda      (queries, v2, hidden states, ...)
 //   B : n x k, row-major, row stride ldb      (corpus, v1, weight rows, ...)
 //
-// Both operands are packed into micro-panels (MR rows of A, NR rows of B,
-// k-major inside a panel), the register-blocked micro-kernel accumulates one
-// MR x NR tile over the whole k in vector registers, and then hands the
-// accumulators to the caller's epilogue while they are still in registers.
-// The epilogue decides what a tile becomes: scaled and clamped similarities
-// written to C, per-row running sums and masked maxima, LSTM gate updates...
-// so no kernel ever writes an intermediate m x n matrix it does not need.
+// B is packed into micro-panels (NR rows, k-major inside a panel); A is read
+// in place.  The register-blocked micro-kernel accumulates one MR x NR tile
+// over the whole k in vector registers, and then hands the accumulators to the
+// caller's epilogue while they are still in registers.  The epilogue decides
+// what a tile becomes: scaled and clamped similarities written to C, per-row
+// running sums and masked maxima, LSTM gate updates... so no kernel ever
+// writes an intermediate m x n matrix it does not need.
 //
-// Blocking: the B block (NC rows x k) is packed once per column block and
-// shared by all threads (it lives in L3); each thread packs its own A block
-// (MC rows x k, sized for L2); the micro-kernel streams one B micro-panel
-// (NR x k, L1/L2) against the A micro-panels of the block.  k is not split:
-// the epilogue always sees complete dot products, so no m x n accumulation
-// buffer exists anywhere; MC and NC shrink as k grows to keep the blocks in
-// cache.
+// Blocking: a block of B (NC rows x k, sized by gemm_block_bytes() to half of
+// the per-core L2) is packed once, cooperatively, and shared by all threads.
+// Each thread then walks its A rows MR at a time: those MR rows (MR x k, a few
+// KiB) stay in L1 while every B micro-panel of the block streams past them
+// from L2.  k is not split: the epilogue always sees complete dot products, so
+// no m x n accumulation buffer exists anywhere; NC shrinks as k grows.
 //
 // Epilogue interface (a class with a templated call operator):
 //
@@ -31,6 +30,9 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #include "simd.hpp"
 
@@ -71,22 +73,65 @@ struct GemmShape {
   static constexpr int NR = NV * L;
 };
 
+// In-register transpose of an L x L block held as L vectors (row r in v[r]):
+// log2(L) rounds, round s swapping the off-diagonal s x s sub-blocks of every
+// pair of rows (i, i + s), each a single two-source shuffle.
+template <int L, int S, bool Hi, class M, std::size_t... J>
+constexpr M transpose_mask(std::index_sequence<J...>) {
+  return M{static_cast<typename std::remove_reference<decltype(M{}[0])>::type>(
+      Hi ? (((J & S) == 0) ? J + S : L + J) : (((J & S) == 0) ? J : L + J - S))...};
+}
+
+template <class V, int L, int S>
+inline void transpose_round(V (&v)[L]) {
+  using T = typename std::remove_reference<decltype(v[0][0])>::type;
+  using I = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
+  typedef I M __attribute__((vector_size(sizeof(V))));
+  constexpr M lo = transpose_mask<L, S, false, M>(std::make_index_sequence<L>{});
+  constexpr M hi = transpose_mask<L, S, true, M>(std::make_index_sequence<L>{});
+#pragma GCC unroll 16
+  for (int i = 0; i < L; ++i) {
+    if (i & S) continue;
+    const V a = v[i], b = v[i + S];
+    v[i] = __builtin_shuffle(a, b, lo);
+    v[i + S] = __builtin_shuffle(a, b, hi);
+  }
+  if constexpr (S > 1) transpose_round<V, L, S / 2>(v);
+}
+
 // Pack rows [r0, r0 + rows) of a row-major matrix into panels of P rows:
 // dst[p][kk][r] = src[r0 + p*P + r][kk], zero-padded past `rows`.
+// When P is a multiple of the vector width the rows are moved L x L blocks at
+// a time through an in-register transpose (contiguous loads and stores only).
 template <int P, class T>
 inline void pack_panels(const T* src, index_t ld, index_t r0, index_t rows, index_t k, T* dst) {
+  using V = vec_t<T>;
+  constexpr int L = Simd<T>::lanes;
   for (index_t p0 = 0; p0 < rows; p0 += P) {
     const int valid = static_cast<int>(std::min<index_t>(P, rows - p0));
     T* panel = dst + p0 * k;
     const T* rowp[P];
     for (int r = 0; r < P; ++r) rowp[r] = src + (r0 + p0 + std::min(r, valid - 1)) * ld;
+    index_t kk = 0;
+    if constexpr (P % L == 0 && L > 1) {
+      for (; kk + L <= k; kk += L) {
+        for (int g = 0; g < P; g += L) {
+          V blk[L];
+#pragma GCC unroll 16
+          for (int r = 0; r < L; ++r) blk[r] = g + r < valid ? load<V>(rowp[g + r] + kk) : V{};
+          transpose_round<V, L, L / 2>(blk);
+#pragma GCC unroll 16
+          for (int t = 0; t < L; ++t) store(panel + (kk + t) * P + g, blk[t]);
+        }
+      }
+    }
     if (valid == P) {
-      for (index_t kk = 0; kk < k; ++kk) {
+      for (; kk < k; ++kk) {
 #pragma GCC unroll 16
         for (int r = 0; r < P; ++r) panel[kk * P + r] = rowp[r][kk];
       }
     } else {
-      for (index_t kk = 0; kk < k; ++kk)
+      for (; kk < k; ++kk)
         for (int r = 0; r < P; ++r) panel[kk * P + r] = r < valid ? rowp[r][kk] : T(0);
     }
   }
@@ -290,9 +335,9 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
   const index_t kk = std::max<index_t>(k, 1);
   const index_t row_bytes = kk * static_cast<index_t>(sizeof(T));
   // A block ~192 KiB (L2), B block ~1.5 MiB (shared L3 slice); whole panels only.
-  const index_t MC = std::max<index_t>(MR, std::min<index_t>(MR * 32, (192 * 1024 / row_bytes) / MR * MR));
-  const index_t NC = packed_b ? (n + NR - 1) / NR * NR
-                              : std::max<index_t>(NR, std::min<index_t>(NR * 128, (1536 * 1024 / row_bytes) / NR * NR));
+  // B block: NC rows x k packed, sized to stay in L2 while the A micro-panels of
+  // a thread stream past it (each A micro-panel is MR rows, L1-resident).
+  const index_t NC = std::max<index_t>(NR, std::min<index_t>(NR * 64, (static_cast<index_t>(gemm_block_bytes()) / row_bytes) / NR * NR));
   int nt = choose_threads<T>(m, n, k, opt.threads);
   Split split = opt.split;
   if (split == Split::Auto) split = (m >= static_cast<index_t>(nt) * MR * 4) ? Split::Rows : Split::Cols;
@@ -316,7 +361,7 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
       const index_t n_panels = (nc + NR - 1) / NR;
       const T* bblock;
       if (packed_b) {
-        bblock = packed_b->data.data() + jc * kk;
+        bblock = packed_b->data.data() + jc * kk;  // panels are contiguous: a block is a slice
       } else {
         const index_t p0 = n_panels * tid / nthr, p1 = n_panels * (tid + 1) / nthr;
         if (p1 > p0)
@@ -334,16 +379,13 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
         jp_end = n_panels * (tid + 1) / nthr;
       }
       if (jp_end > jp_begin) {
-        for (index_t ic = row_begin; ic < row_end; ic += MC) {
-          const index_t mc = std::min(MC, row_end - ic);
+        for (index_t i0 = row_begin; i0 < row_end; i0 += MR) {
+          const int mr = static_cast<int>(std::min<index_t>(MR, row_end - i0));
+          const T* ap = a + i0 * lda;
           for (index_t jp = jp_begin; jp < jp_end; ++jp) {
             const index_t j0 = jc + jp * NR;
             const int nr = static_cast<int>(std::min<index_t>(NR, n - j0));
-            const T* bp = bblock + jp * NR * kk;
-            for (index_t ip = 0; ip < mc; ip += MR) {
-              const int mr = static_cast<int>(std::min<index_t>(MR, mc - ip));
-              micro_kernel<T>(k, a + (ic + ip) * lda, lda, bp, ep, ic + ip, j0, mr, nr, tid);
-            }
+            micro_kernel<T>(k, ap, lda, bblock + jp * NR * kk, ep, i0, j0, mr, nr, tid);
           }
         }
       }
