@@ -51,3 +51,16 @@ def test_recurrent_layers(level, dtype, cls, rng):
     out, _ = layer(x, lengths=lengths, backend="cpp")
     want, _ = reference(x.astype(np.float64), lengths=lengths, backend="numpy")
     assert_close(out, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("b", [7, 31, 50])
+def test_triplet_positive_ties_exactly_at_every_level(level, dtype, b):
+    # identical rows: every negative equals its positive bit for bit only if the
+    # positive is computed with the arithmetic of the level's GEMM tile
+    rng = np.random.default_rng(b)
+    v1 = np.repeat(rng.standard_normal((1, 37)), b, axis=0).astype(dtype)
+    v2 = np.repeat(rng.standard_normal((1, 37)), b, axis=0).astype(dtype)
+    parts = fastsim.modified_triplet_loss(v1, v2, return_parts=True, backend="cpp")
+    np.testing.assert_array_equal(parts.closest_negative, parts.positive)
+    np.testing.assert_array_equal(parts.closest_index, np.where(np.arange(b) == 0, 1, 0))

@@ -254,10 +254,29 @@ def test_hard_negatives_on_a_grid(backend, data):
     np.testing.assert_array_equal(got.closest_index, want[3])
 
 
+@pytest.mark.skipif("cpp" not in fastsim.available_backends(), reason="compiled core not built")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("b", [2, 7, 31, 50, 97])
+def test_identical_rows_tie_with_the_positive_exactly(dtype, b):
+    # Every v1 row is the same vector and so is every v2 row.  The cpp kernel
+    # computes each positive with the arithmetic of the GEMM tile that holds
+    # it, so every negative of a row equals its positive bit for bit and the
+    # closest negative is the first column that is not the row's own.  (BLAS,
+    # behind the other backends, may round columns of one row differently.)
+    backend = "cpp"
+    rng = np.random.default_rng(b)
+    d = 37
+    v1 = np.repeat(rng.standard_normal((1, d)), b, axis=0).astype(dtype)
+    v2 = np.repeat(rng.standard_normal((1, d)), b, axis=0).astype(dtype)
+    parts = fastsim.modified_triplet_loss(v1, v2, return_parts=True, backend=backend)
+    np.testing.assert_array_equal(parts.closest_negative, parts.positive)
+    np.testing.assert_array_equal(parts.closest_index, np.where(np.arange(b) == 0, 1, 0))
+
+
 # --------------------------------------------------------------------------- fused loss against the reference
 
 
-SHAPES = [(2, 3), (3, 4), (17, 5), (64, 128), (300, 33), (1100, 16)]
+SHAPES = [(2, 3), (3, 4), (17, 5), (31, 20), (49, 35), (64, 128), (300, 33), (1100, 16)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

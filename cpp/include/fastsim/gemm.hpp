@@ -233,10 +233,10 @@ inline T tile_dot(const T* x, const T* y, index_t k, int chains) {
   index_t kk = 0;
   if (chains > 1) {
     for (; kk + chains <= k; kk += chains)
-      for (int u = 0; u < chains; ++u) part[u] += x[kk + u] * y[kk + u];
+      for (int u = 0; u < chains; ++u) part[u] = fmadd(x[kk + u], y[kk + u], part[u]);
   }
   T acc = part[0];
-  for (; kk < k; ++kk) acc += x[kk] * y[kk];
+  for (; kk < k; ++kk) acc = fmadd(x[kk], y[kk], acc);
   for (int u = 1; u < chains; ++u) acc += part[u];
   return acc;
 }

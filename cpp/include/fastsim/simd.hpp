@@ -5,6 +5,7 @@
 // in namespace fastsim::FASTSIM_LEVEL so the copies never collide at link time.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -90,6 +91,20 @@ inline V clamp_keep_nan(V x, V lo, V hi) {
   x = (x > hi) ? hi : x;
   x = (x < lo) ? lo : x;
   return x;
+}
+
+// a + x * y for scalars, rounded the way the vector kernels round `acc += x * y`:
+// one fused operation where the level has FMA instructions (the vector code is
+// contracted to them), a product and a sum where it has none.  Scalar code
+// that must reproduce a vector accumulation bit for bit uses this instead of
+// trusting the compiler to contract a scalar expression.
+template <class T>
+inline T fmadd(T x, T y, T a) {
+#if defined(__FMA__)
+  return std::fma(x, y, a);
+#else
+  return a + x * y;
+#endif
 }
 
 template <class T, class V>

@@ -16,6 +16,8 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 #include <limits>
 #include <vector>
 
@@ -50,42 +52,43 @@ struct TripletEpilogue {
   const T* inv_b;  // 1/|v1[j]|
   TripletState<T> st;
 
-  // One row of a tile, scalar: edge tiles and tiles crossing the diagonal.
-  inline void row_scalar(index_t i, index_t j0, int nr, const T* vals) {
-    const T pos = st.positive[i], ra = inv_a[i];
-    double sum = 0;
-    T best = st.best[i], top = st.top[i];
-    int64_t best_j = st.best_j[i], top_j = st.top_j[i];
-    for (int jj = 0; jj < nr; ++jj) {
-      const index_t j = j0 + jj;
-      if (j == i) continue;
-      const T s = clamp_keep_nan(vals[jj] * ra * inv_b[j], T(-1), T(1));
-      sum += s;
-      if (s > top) { top = s; top_j = j; }
-      if (s <= pos && s > best) { best = s; best_j = j; }
-    }
-    st.neg_sum[i] += sum;
-    st.best[i] = best; st.best_j[i] = best_j;
-    st.top[i] = top; st.top_j[i] = top_j;
-  }
-
   template <int MR, int NV, class V>
   inline void operator()(index_t i0, index_t j0, int mr, int nr, V (&acc)[MR][NV], int) {
     constexpr int L = static_cast<int>(sizeof(V) / sizeof(T));
     constexpr int NR = NV * L;
-    const bool crosses_diag = (i0 < j0 + nr) && (j0 < i0 + mr);
-    if (mr == MR && nr == NR && !crosses_diag) {
+    {
+      using I = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
+      typedef I IV __attribute__((vector_size(sizeof(V))));
+      IV lane{};
+      for (int l = 0; l < L; ++l) lane[l] = static_cast<I>(l);
       V rb[NV];
-      for (int v = 0; v < NV; ++v) rb[v] = load<V>(inv_b + j0 + v * L);
-      const V lo = splat<V>(T(-1)), hi = splat<V>(T(1)), below = splat<V>(T(-4));
-      for (int r = 0; r < MR; ++r) {
+      if (nr == NR) {
+        for (int v = 0; v < NV; ++v) rb[v] = load<V>(inv_b + j0 + v * L);
+      } else {
+        alignas(64) T pad[NR] = {};
+        for (int j = 0; j < nr; ++j) pad[j] = inv_b[j0 + j];
+        for (int v = 0; v < NV; ++v) rb[v] = load<V>(pad + v * L);
+      }
+      const V lo = splat<V>(T(-1)), hi = splat<V>(T(1)), below = splat<V>(T(-4)), zero = V{};
+      for (int r = 0; r < mr; ++r) {
         const index_t i = i0 + r;
+        // Lanes that are no negative: the positive's column (when the tile
+        // crosses the diagonal) and the padding columns past nr.
+        const index_t diag = i - j0;
         const V ra = splat<V>(inv_a[i]);
         const V pos = splat<V>(st.positive[i]);
         V s[NV], sum = V{}, mx = below, cand = below;
         for (int v = 0; v < NV; ++v) {
           s[v] = clamp_keep_nan(acc[r][v] * ra * rb[v], lo, hi);
-          sum += s[v];
+          const bool has_diag = diag >= v * L && diag < (v + 1) * L;
+          if (has_diag || (v + 1) * L > nr) {
+            const IV skip = (lane == static_cast<I>(has_diag ? diag - v * L : -1)) |
+                            (lane >= static_cast<I>(nr - v * L));
+            sum += skip ? zero : s[v];
+            s[v] = skip ? below : s[v];
+          } else {
+            sum += s[v];
+          }
           mx = (s[v] > mx) ? s[v] : mx;
           const V c = (s[v] <= pos) ? s[v] : below;
           cand = (c > cand) ? c : cand;
@@ -97,7 +100,8 @@ struct TripletEpilogue {
           tile_best = cand[l] > tile_best ? cand[l] : tile_best;
         }
         // Only when the tile improves a running maximum do we look for the
-        // first column reaching it (lowest index wins ties).
+        // first column reaching it (lowest index wins ties); the positive's
+        // lane holds -4 and can never match.
         if (tile_top > st.top[i]) {
           for (int v = 0, done = 0; v < NV && !done; ++v)
             for (int l = 0; l < L; ++l)
@@ -113,13 +117,62 @@ struct TripletEpilogue {
         // A NaN anywhere in the row must reach the loss: the vector max above
         // skips NaN, the sum does not.
       }
-    } else {
-      alignas(64) T t[MR * NR];
-      tile_to_array<MR, NV>(acc, t);
-      for (int r = 0; r < mr; ++r) row_scalar(i0 + r, j0, nr, t + r * NR);
     }
   }
 };
+
+// positive[i] = s[i, i] with the arithmetic of the tile that holds it.
+template <class T>
+void triplet_positives(const T* v1, const T* v2, index_t b, index_t d, const T* inv1, const T* inv2, T* positive) {
+  // Rows of the last, partial tile run with fewer rows and so more k-chains.
+  constexpr int MR = GemmShape<T>::MR;
+  const index_t edge_rows = b % MR, edge_begin = b - edge_rows;
+  const int full_chains = k_chains<T>(MR);
+  const int edge_chains = edge_rows ? k_chains<T>(static_cast<int>(edge_rows)) : full_chains;
+  index_t i = 0;
+  if (full_chains == 1) {
+    // L rows at a time, one row per lane: L x L blocks of both operands are
+    // transposed in registers so that lane r accumulates row r's products in
+    // k order with one FMA per step, exactly the single chain of its tile.
+    using V = vec_t<T>;
+    constexpr int L = Simd<T>::lanes;
+    const index_t limit = edge_chains == 1 ? b : edge_begin;  // rows whose tile has one chain
+    for (int rows = 0; i < limit; i += rows) {
+      rows = static_cast<int>(std::min<index_t>(L, limit - i));
+      const T* xr[L];
+      const T* yr[L];
+      for (int r = 0; r < L; ++r) {  // lanes past `rows` repeat the last row and are dropped
+        xr[r] = v2 + (i + std::min(r, rows - 1)) * d;
+        yr[r] = v1 + (i + std::min(r, rows - 1)) * d;
+      }
+      V acc{};
+      index_t kk = 0;
+      for (; kk + L <= d; kk += L) {
+        V x[L], y[L];
+#pragma GCC unroll 16
+        for (int r = 0; r < L; ++r) {
+          x[r] = load<V>(xr[r] + kk);
+          y[r] = load<V>(yr[r] + kk);
+        }
+        transpose_round<V, L, L / 2>(x);
+        transpose_round<V, L, L / 2>(y);
+#pragma GCC unroll 16
+        for (int t = 0; t < L; ++t) acc += x[t] * y[t];
+      }
+      alignas(64) T part[L];
+      store(part, acc);
+      for (int r = 0; r < rows; ++r) {
+        T a = part[r];
+        for (index_t k2 = kk; k2 < d; ++k2) a = fmadd(v2[(i + r) * d + k2], v1[(i + r) * d + k2], a);
+        positive[i + r] = clamp_keep_nan(a * inv2[i + r] * inv1[i + r], T(-1), T(1));
+      }
+    }
+  }
+  for (; i < b; ++i) {
+    const int chains = i >= edge_begin ? edge_chains : full_chains;
+    positive[i] = positive_score(v2 + i * d, v1 + i * d, d, inv2[i], inv1[i], chains);
+  }
+}
 
 // Per-row results of the forward pass; the loss itself is finished in O(b).
 template <class T>
@@ -133,29 +186,7 @@ void triplet_forward(const T* v1, const T* v2, index_t b, index_t d, EmptyMode e
   std::vector<double> neg_sum(static_cast<std::size_t>(b), 0.0);
   std::vector<T> top(static_cast<std::size_t>(b), T(-4));
   std::vector<int64_t> top_j(static_cast<std::size_t>(b), -1);
-  // Rows of the last, partial tile run with fewer rows and so more k-chains.
-  constexpr int MR = GemmShape<T>::MR;
-  const index_t edge_rows = b % MR, edge_begin = b - edge_rows;
-  const int full_chains = k_chains<T>(MR);
-  const int edge_chains = edge_rows ? k_chains<T>(static_cast<int>(edge_rows)) : full_chains;
-  index_t i = 0;
-  if (full_chains == 1) {
-    // Eight rows at a time: each row keeps its own in-order chain (the tile's
-    // arithmetic), and the eight chains overlap in the FMA pipeline.
-    constexpr int kRows = 8;
-    for (; i + kRows <= edge_begin; i += kRows) {
-      T acc[kRows] = {};
-      for (index_t kk = 0; kk < d; ++kk)
-#pragma GCC unroll 8
-        for (int r = 0; r < kRows; ++r) acc[r] += v2[(i + r) * d + kk] * v1[(i + r) * d + kk];
-      for (int r = 0; r < kRows; ++r)
-        positive[i + r] = clamp_keep_nan(acc[r] * inv2[i + r] * inv1[i + r], T(-1), T(1));
-    }
-  }
-  for (; i < b; ++i) {
-    const int chains = i >= edge_begin ? edge_chains : full_chains;
-    positive[i] = positive_score(v2 + i * d, v1 + i * d, d, inv2[i], inv1[i], chains);
-  }
+  triplet_positives(v1, v2, b, d, inv1, inv2, positive);
   for (index_t r = 0; r < b; ++r) {
     closest[r] = T(-4);
     closest_idx[r] = -1;
