@@ -254,6 +254,31 @@ def test_hard_negatives_on_a_grid(backend, data):
     np.testing.assert_array_equal(got.closest_index, want[3])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_cost_alone_equals_the_cost_of_the_parts(backend, dtype, reduction):
+    # the cpp backend computes the cost alone in one compiled call; it must be
+    # the cost the parts give, NaN rows included
+    rng = np.random.default_rng(3)
+    v1, v2 = _batch(rng, 40, 24, dtype, noise=1.0, flipped=3)
+    for nan_row in (None, 5):
+        if nan_row is not None:
+            v2 = v2.copy()
+            v2[nan_row, 3] = np.nan
+        for margin in (0.0, 0.25, 1.5):
+            for empty in EMPTY:
+                cost = fastsim.modified_triplet_loss(v1, v2, margin, reduction=reduction, empty=empty,
+                                                     backend=backend)
+                parts = fastsim.modified_triplet_loss(v1, v2, margin, reduction=reduction, empty=empty,
+                                                      return_parts=True, backend=backend)
+                assert np.asarray(cost).dtype == dtype
+                if nan_row is None:
+                    assert_close(cost, parts.cost, dtype)
+                else:
+                    assert np.isnan(cost) and np.isnan(parts.cost)
+
+
 @pytest.mark.skipif("cpp" not in fastsim.available_backends(), reason="compiled core not built")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("b", [2, 7, 31, 50, 97])

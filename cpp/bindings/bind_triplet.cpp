@@ -38,6 +38,32 @@ py::tuple forward_t(py::array& v1, py::array& v2, int empty) {
   return py::make_tuple(positive, mean_neg, closest, closest_idx);
 }
 
+// The reduced cost in one call: the forward pass, then the hinges and their
+// sum (in double, like the Python path) without building a single Python array.
+template <class T>
+double cost_t(py::array& v1, py::array& v2, double margin, int empty, bool mean) {
+  const index_t b = v1.shape(0), d = v1.shape(1);
+  const T* p1 = cptr<T>(v1);
+  const T* p2 = cptr<T>(v2);
+  auto fn = typed_kernels<T>().triplet_forward;
+  py::gil_scoped_release release;  // only memory owned by this frame and the caller's arrays
+  std::vector<T> parts(static_cast<std::size_t>(3 * b));
+  std::vector<int64_t> idx(static_cast<std::size_t>(b));
+  T* pos = parts.data();
+  T* mean_neg = pos + b;
+  T* closest = mean_neg + b;
+  fn(p1, p2, b, d, empty, pos, mean_neg, closest, idx.data());
+  const T m = static_cast<T>(margin);
+  double total = 0;
+  for (index_t i = 0; i < b; ++i) {
+    // max(x, 0) that keeps NaN, as numpy.maximum does
+    const T x1 = mean_neg[i] - pos[i] + m, x2 = closest[i] - pos[i] + m;
+    const T l1 = x1 < T(0) ? T(0) : x1, l2 = x2 < T(0) ? T(0) : x2;
+    total += static_cast<double>(static_cast<T>(l1 + l2));
+  }
+  return mean ? total / static_cast<double>(b) : total;
+}
+
 template <class T>
 py::tuple backward_t(py::array& v1, py::array& v2, py::array& closest_idx, py::array& active1, py::array& active2,
                      py::object& weight) {
@@ -92,6 +118,17 @@ void bind_triplet(py::module_& m) {
       py::arg("v1"), py::arg("v2"), py::arg("empty"),
       "Per-row (positive, mean_negative, closest_negative, closest_index) of s[i, j] = cos(v2[i], v1[j]), "
       "streamed over GEMM tiles; closest_index is -1 where the closest value is the constant -2.");
+  m.def(
+      "triplet_cost",
+      [](py::array v1, py::array v2, double margin, int empty, bool mean) {
+        check_pair(v1, v2);
+        if (empty != 0 && empty != 1) throw std::invalid_argument("empty must be 0 (shift) or 1 (floor)");
+        if (v1.shape(1) < 1) throw std::invalid_argument("v1 and v2 need at least one column");
+        return dtype_of(v1, "v1") == DType::F32 ? cost_t<float>(v1, v2, margin, empty, mean)
+                                                 : cost_t<double>(v1, v2, margin, empty, mean);
+      },
+      py::arg("v1"), py::arg("v2"), py::arg("margin"), py::arg("empty"), py::arg("mean"),
+      "sum_i (or mean_i) of L1_i + L2_i, accumulated in double; the caller casts to the input dtype.");
   m.def(
       "triplet_backward",
       [](py::array v1, py::array v2, py::array closest_idx, py::array active1, py::array active2, py::object weight) {

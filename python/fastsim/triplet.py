@@ -327,6 +327,10 @@ def modified_triplet_loss(v1, v2, /, margin: float = 0.25, *, reduction: str = "
     return_parts = _check_bool(return_parts, "return_parts")
     v1, v2 = _prepare_pair(v1, v2)
     be = _backend.resolve(backend, _SUPPORTED)
+    if be == "cpp" and not return_parts and reduction != "none" and v1.shape[1] > 0:
+        # the cost alone: hinges and sum in the same compiled call, no per-row arrays
+        cost = _backend.core().triplet_cost(v1, v2, margin, _EMPTY_CODES[empty], reduction == "mean")
+        return v1.dtype.type(cost)
     parts = _loss_parts(be, v1, v2, margin, empty, reduction)
     return parts if return_parts else parts.cost
 
