@@ -334,7 +334,6 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
   if (m <= 0 || n <= 0) return;
   const index_t kk = std::max<index_t>(k, 1);
   const index_t row_bytes = kk * static_cast<index_t>(sizeof(T));
-  // A block ~192 KiB (L2), B block ~1.5 MiB (shared L3 slice); whole panels only.
   // B block: NC rows x k packed, sized to stay in L2 while the A micro-panels of
   // a thread stream past it (each A micro-panel is MR rows, L1-resident).
   const index_t NC = std::max<index_t>(NR, std::min<index_t>(NR * 64, (static_cast<index_t>(gemm_block_bytes()) / row_bytes) / NR * NR));
@@ -343,8 +342,17 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
   if (split == Split::Auto) split = (m >= static_cast<index_t>(nt) * MR * 4) ? Split::Rows : Split::Cols;
   if (split == Split::Rows) nt = static_cast<int>(std::max<index_t>(1, std::min<index_t>(nt, (m + MR - 1) / MR)));
 
+  // Rows split: every thread reads the whole block, packed cooperatively, so a
+  // barrier separates packing from use.  Two buffers alternate between blocks:
+  // a thread packing block j + 1 has passed the barrier of block j, which no
+  // thread passes before it finished block j - 1, the buffer's previous user;
+  // one barrier per block suffices (with a single block, one buffer and one
+  // barrier).  Cols split: a thread packs exactly the panels it multiplies, so
+  // no barrier at all.
+  const index_t block_elems = std::min<index_t>(NC, (n + NR - 1) / NR * NR) * kk;
+  const bool two_buffers = nt > 1 && split == Split::Rows && n > NC;
   T* bbuf = packed_b ? nullptr
-                     : scratch<T>(kScratchPackB, static_cast<std::size_t>(std::min<index_t>(NC, (n + NR - 1) / NR * NR) * kk));
+                     : scratch<T>(kScratchPackB, static_cast<std::size_t>(block_elems * (two_buffers ? 2 : 1)));
   const index_t m_panels = (m + MR - 1) / MR;
 
   // The whole computation of one thread; barriers only when several run it.
@@ -356,22 +364,23 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
       row_begin = std::min(m, (m_panels * tid / nthr) * MR);
       row_end = std::min(m, (m_panels * (tid + 1) / nthr) * MR);
     }
-    for (index_t jc = 0; jc < n; jc += NC) {
+    for (index_t jc = 0, block = 0; jc < n; jc += NC, ++block) {
       const index_t nc = std::min(NC, n - jc);
       const index_t n_panels = (nc + NR - 1) / NR;
       const T* bblock;
       if (packed_b) {
         bblock = packed_b->data.data() + jc * kk;  // panels are contiguous: a block is a slice
       } else {
+        T* dst = bbuf + (two_buffers ? (block & 1) * block_elems : 0);
         const index_t p0 = n_panels * tid / nthr, p1 = n_panels * (tid + 1) / nthr;
         if (p1 > p0)
-          pack_panels<NR>(b, ldb, jc + p0 * NR, std::min(nc - p0 * NR, (p1 - p0) * NR), k, bbuf + p0 * NR * kk);
+          pack_panels<NR>(b, ldb, jc + p0 * NR, std::min(nc - p0 * NR, (p1 - p0) * NR), k, dst + p0 * NR * kk);
 #ifdef _OPENMP
-        if (nthr > 1) {
+        if (nthr > 1 && split == Split::Rows) {
 #pragma omp barrier
         }
 #endif
-        bblock = bbuf;
+        bblock = dst;
       }
       index_t jp_begin = 0, jp_end = n_panels;
       if (split == Split::Cols) {
@@ -389,11 +398,6 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
           }
         }
       }
-#ifdef _OPENMP
-      if (!packed_b && nthr > 1) {
-#pragma omp barrier
-      }
-#endif
     }
   };
 #ifdef _OPENMP
