@@ -298,6 +298,33 @@ def test_identical_rows_tie_with_the_positive_exactly(dtype, b):
     np.testing.assert_array_equal(parts.closest_index, np.where(np.arange(b) == 0, 1, 0))
 
 
+@pytest.mark.parametrize("backend", HN_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b", [2, 15, 17, 100, 600, 1100])
+@pytest.mark.parametrize("empty", EMPTY)
+def test_hard_negatives_large_with_specials(backend, dtype, b, empty):
+    # quarter-grid scores (exact ties everywhere) with infinities and a NaN row;
+    # b past 512 runs the compiled kernel's rows in parallel
+    rng = np.random.default_rng(b)
+    sim = (rng.integers(-8, 9, (b, b)) / 4).astype(dtype)
+    if b > 2:
+        sim[1, rng.integers(0, b, 3)] = np.inf
+        sim[2, rng.integers(0, b, 3)] = -np.inf
+        sim[b - 1, :] = -np.inf  # every negative -inf: closest is -inf itself
+        sim[b - 1, b - 1] = 0.5
+        sim[b // 2, b // 3] = np.nan
+    got = fastsim.hard_negatives(sim, empty=empty, backend=backend)
+    want = ref.hard_negatives(sim, empty)
+    np.testing.assert_array_equal(got.positive, want[0])
+    np.testing.assert_array_equal(got.closest_negative, want[2])
+    np.testing.assert_array_equal(got.closest_index, want[3])
+    finite = np.isfinite(want[1])
+    np.testing.assert_array_equal(np.isnan(got.mean_negative), np.isnan(want[1]))
+    np.testing.assert_array_equal(got.mean_negative[~finite & ~np.isnan(want[1])],
+                                  want[1][~finite & ~np.isnan(want[1])])
+    assert_close(got.mean_negative[finite], want[1][finite].astype(np.float64), dtype)
+
+
 # --------------------------------------------------------------------------- fused loss against the reference
 
 

@@ -65,6 +65,24 @@ double cost_t(py::array& v1, py::array& v2, double margin, int empty, bool mean)
 }
 
 template <class T>
+py::tuple hard_negatives_t(py::array& sim, int empty) {
+  const index_t b = sim.shape(0);
+  py::array_t<T> positive(b), mean_neg(b), closest(b);
+  py::array_t<int64_t> closest_idx(b);
+  const T* ps = cptr<T>(sim);
+  T* pp = positive.mutable_data();
+  T* pm = mean_neg.mutable_data();
+  T* pc = closest.mutable_data();
+  int64_t* pi = closest_idx.mutable_data();
+  auto fn = typed_kernels<T>().hard_negatives;
+  {
+    py::gil_scoped_release release;  // the outputs are owned by this frame; sim is held by the caller
+    fn(ps, b, b, empty, pp, pm, pc, pi);
+  }
+  return py::make_tuple(positive, mean_neg, closest, closest_idx);
+}
+
+template <class T>
 py::tuple backward_t(py::array& v1, py::array& v2, py::array& closest_idx, py::array& active1, py::array& active2,
                      py::object& weight) {
   const index_t b = v1.shape(0), d = v1.shape(1);
@@ -118,6 +136,19 @@ void bind_triplet(py::module_& m) {
       py::arg("v1"), py::arg("v2"), py::arg("empty"),
       "Per-row (positive, mean_negative, closest_negative, closest_index) of s[i, j] = cos(v2[i], v1[j]), "
       "streamed over GEMM tiles; closest_index is -1 where the closest value is the constant -2.");
+  m.def(
+      "hard_negatives",
+      [](py::array sim, int empty) {
+        require_ndim(sim, 2, "sim");
+        require_c_contiguous(sim, "sim");
+        if (sim.shape(0) != sim.shape(1)) throw std::invalid_argument("sim must be square");
+        if (sim.shape(0) < 2) throw std::invalid_argument("the batch size must be >= 2");
+        if (empty != 0 && empty != 1) throw std::invalid_argument("empty must be 0 (shift) or 1 (floor)");
+        return dtype_of(sim, "sim") == DType::F32 ? hard_negatives_t<float>(sim, empty)
+                                                   : hard_negatives_t<double>(sim, empty);
+      },
+      py::arg("sim"), py::arg("empty"),
+      "Per-row (positive, mean_negative, closest_negative, closest_index) of a C-contiguous square score matrix.");
   m.def(
       "triplet_cost",
       [](py::array v1, py::array v2, double margin, int empty, bool mean) {

@@ -77,6 +77,13 @@ void triplet_forward_entry(const T* v1, const T* v2, index_t b, index_t d, int e
 }
 
 template <class T>
+void hard_negatives_entry(const T* sim, index_t ld, index_t b, int empty_mode, T* positive, T* mean_neg, T* closest,
+                          int64_t* closest_idx) {
+  hard_negatives_matrix<T>(sim, ld, b, empty_mode == 1 ? EmptyMode::Floor : EmptyMode::Shift, positive, mean_neg,
+                           closest, closest_idx);
+}
+
+template <class T>
 void vec_math(int fn, const T* x, index_t n, T* out) {
   using V = vec_t<T>;
   constexpr int L = Simd<T>::lanes;
@@ -113,7 +120,7 @@ void rnn_run(const void* w, const T* x, index_t B, index_t T_len, index_t row_b,
 template <class T>
 constexpr TypedKernels<T> typed() {
   return TypedKernels<T>{&cosine_matrix<T>, &cosine_rows<T>, &gemm_nt_plain<T>, &triplet_forward_entry<T>,
-                         &triplet_backward<T>, &top_k<T>, &vec_math<T>, &rnn_create<T>, &rnn_destroy<T>, &rnn_run<T>};
+                         &hard_negatives_entry<T>, &triplet_backward<T>, &top_k<T>, &vec_math<T>, &rnn_create<T>, &rnn_destroy<T>, &rnn_run<T>};
 }
 
 }  // namespace

@@ -20,6 +20,9 @@ def gemm_nt(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating], out: npt.N
 def triplet_forward(
     v1: npt.NDArray[np.floating], v2: npt.NDArray[np.floating], empty: int
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.int64]]: ...
+def hard_negatives(
+    sim: npt.NDArray[np.floating], empty: int
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.floating], npt.NDArray[np.int64]]: ...
 def triplet_cost(
     v1: npt.NDArray[np.floating], v2: npt.NDArray[np.floating], margin: float, empty: int, mean: bool
 ) -> float: ...

@@ -302,7 +302,7 @@ def lstm_forward(
         sequence's outputs are 0 and its state is frozen (PyTorch packed
         sequences).
     batch_first : bool
-    backend : {"auto", "numpy", "numba"}
+    backend : {"auto", "numpy", "numba", "cpp"}
 
     Returns
     -------
@@ -338,7 +338,7 @@ def gru_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, *, h0=None, lengths=None, b
     lengths : array_like of int, shape (B,), optional
         As in :func:`lstm_forward`.
     batch_first : bool
-    backend : {"auto", "numpy", "numba"}
+    backend : {"auto", "numpy", "numba", "cpp"}
 
     Returns
     -------
@@ -371,7 +371,7 @@ def rnn_forward(
         As in :func:`lstm_forward`.
     nonlinearity : {"tanh", "relu"}
     batch_first : bool
-    backend : {"auto", "numpy", "numba"}
+    backend : {"auto", "numpy", "numba", "cpp"}
 
     Returns
     -------
@@ -702,7 +702,7 @@ _CALL_DOC = """
             direction starts at each sequence's own last valid step (PyTorch
             packed sequences).
         {state_param}
-        backend : {{"auto", "numpy", "numba"}}
+        backend : {{"auto", "numpy", "numba", "cpp"}}
 
         Returns
         -------

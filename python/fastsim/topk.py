@@ -58,7 +58,7 @@ def top_k(queries, corpus, k, /, *, exclude_self: bool = False, backend: str = "
         For a search of a set against itself: query row ``i`` is corpus row
         ``i``, and the pair ``(i, i)`` is left out.  Requires ``m == n``
         (pass the same array twice).
-    backend : {"auto", "numpy", "numba"}
+    backend : {"auto", "numpy", "numba", "cpp"}
 
     Returns
     -------

@@ -101,7 +101,7 @@ class ModifiedTripletLoss(torch.nn.Module):
     empty : {"shift", "floor"}, default "shift"
         Closest negative of a row with no negative at or below its positive;
         see :func:`fastsim.hard_negatives`.
-    backend : {"auto", "numpy", "numba"}
+    backend : {"auto", "numpy", "numba", "cpp"}
 
     Examples
     --------

@@ -38,9 +38,10 @@ Every kernel is reached through two internal functions::
 The compiled kernels ``_backend.core().triplet_forward(v1, v2, empty_code)`` and
 ``_backend.core().triplet_backward(v1, v2, closest_index, active1, active2,
 weight)`` have exactly these contracts.  :func:`hard_negatives` works on a
-precomputed matrix and has its own list, ``_HARD_NEGATIVES_SUPPORTED`` (NumPy
-and Numba: a single pass over a matrix that already exists gains nothing from
-the GEMM engine).
+precomputed matrix: ``_hard_negatives(be, sim, empty_code)`` with ``sim`` a
+C-contiguous (b, b) float32/float64 array, the same four results;
+``_backend.core().hard_negatives(sim, empty_code)`` is its compiled kernel
+(one vector pass per row, rows in parallel).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ __all__ = [
 ]
 
 _SUPPORTED = ("numpy", "numba", "cpp")
-_HARD_NEGATIVES_SUPPORTED = ("numpy", "numba")
+_HARD_NEGATIVES_SUPPORTED = ("numpy", "numba", "cpp")
 
 _EMPTY_CODES = {"shift": 0, "floor": 1}
 _REDUCTIONS = ("sum", "mean", "none")
@@ -145,6 +146,8 @@ def _backward(be: str, v1, v2, closest_index, active1, active2, weight):
 def _hard_negatives(be: str, sim: np.ndarray, empty_code: int):
     if be == "numpy":
         return _ref.hard_negatives(sim, ("shift", "floor")[empty_code])
+    if be == "cpp":
+        return _backend.core().hard_negatives(sim, empty_code)
     return _backend.numba_module("triplet").hard_negatives(sim, empty_code)
 
 
@@ -242,7 +245,7 @@ def hard_negatives(sim, /, *, empty: str = "shift", backend: str = "auto") -> Ha
         positive: ``"shift"`` (the course's TensorFlow code) gives
         ``max(-2, max_{j != i} s[i, j] - 2)``, ``"floor"`` (its NumPy code)
         exactly -2.
-    backend : {"auto", "numpy", "numba"}
+    backend : {"auto", "numpy", "numba", "cpp"}
 
     Returns
     -------
@@ -300,7 +303,7 @@ def modified_triplet_loss(v1, v2, /, margin: float = 0.25, *, reduction: str = "
     return_parts : bool, default False
         Return a :class:`TripletLossParts` with every per-row quantity instead
         of the cost alone.
-    backend : {"auto", "numpy", "numba"}
+    backend : {"auto", "numpy", "numba", "cpp"}
 
     Returns
     -------
@@ -400,7 +403,7 @@ def triplet_loss(anchor, positive, negative, /, margin: float = 0.25, *, reducti
     reduction : {"sum", "mean", "none"}
         How the per-row losses of batched input combine; a single triplet
         gives its loss whatever the reduction.
-    backend : {"auto", "numpy", "numba"}
+    backend : {"auto", "numpy", "numba", "cpp"}
 
     Returns
     -------

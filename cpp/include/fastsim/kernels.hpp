@@ -18,6 +18,9 @@ struct TypedKernels {
   // Modified triplet loss (triplet.hpp): per-row mining results, then the gradient.
   void (*triplet_forward)(const T* v1, const T* v2, index_t b, index_t d, int empty_mode, T* positive, T* mean_neg,
                           T* closest, int64_t* closest_idx);
+  // Hard negatives of a precomputed (b, b) score matrix with row stride ld.
+  void (*hard_negatives)(const T* sim, index_t ld, index_t b, int empty_mode, T* positive, T* mean_neg, T* closest,
+                         int64_t* closest_idx);
   void (*triplet_backward)(const T* v1, const T* v2, index_t b, index_t d, const int64_t* closest_idx,
                            const uint8_t* active1, const uint8_t* active2, const double* weights, T* g1, T* g2);
   // Exact cosine top-k (topk.hpp): (m, k) scores and int64 indices.

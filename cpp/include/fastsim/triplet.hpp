@@ -214,6 +214,93 @@ void triplet_forward(const T* v1, const T* v2, index_t b, index_t d, EmptyMode e
   }
 }
 
+// Hard negatives of a precomputed square score matrix (rows at stride ld),
+// used as given: no clamping, infinities are ordinary values.  Per row: the
+// diagonal, the mean of the b - 1 others (summed in double), the largest
+// other entry not above the diagonal (lowest column on ties, -inf counts), or
+// the `empty` fallback; a NaN anywhere in the row makes the closest NaN.
+// One vector pass per row finds the maxima, a scan from the left their column.
+template <class T>
+void hard_negatives_matrix(const T* sim, index_t ld, index_t b, EmptyMode empty, T* positive, T* mean_neg, T* closest,
+                           int64_t* closest_idx) {
+  using V = vec_t<T>;
+  using I = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
+  typedef I IV __attribute__((vector_size(sizeof(V))));
+  constexpr int L = Simd<T>::lanes;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  auto row = [&](index_t i) {
+    const T* s = sim + i * ld;
+    const T p = s[i];
+    const V pv = splat<V>(p), lo = splat<V>(ninf);
+    V sum = V{}, mx = lo, cand = lo;
+    IV nan = IV{}, valid = IV{};
+    double total = 0;
+    index_t j = 0;
+    auto fold = [&](V x, IV keep) {  // keep: lanes that are negatives
+      sum += keep ? x : V{};
+      nan |= keep & (x != x);
+      mx = (keep & (x > mx)) ? x : mx;
+      const IV ok = keep & (x <= pv);
+      valid |= ok;
+      cand = (ok & (x > cand)) ? x : cand;
+    };
+    IV lane{};
+    for (int l = 0; l < L; ++l) lane[l] = static_cast<I>(l);
+    for (; j + L <= b; j += L) {
+      const IV keep = (lane + static_cast<I>(j)) != static_cast<I>(i);
+      fold(load<V>(s + j), keep);
+      if ((j & (64 * L - 1)) == 64 * L - L) {  // flush to double now and then: long rows keep their digits
+        total += static_cast<double>(hsum<T>(sum));
+        sum = V{};
+      }
+    }
+    if (j < b) {
+      alignas(64) T tail[L];
+      for (int l = 0; l < L; ++l) tail[l] = j + l < b ? s[j + l] : T(0);
+      const IV keep = ((lane + static_cast<I>(j)) != static_cast<I>(i)) & (lane < static_cast<I>(b - j));
+      fold(load<V>(tail), keep);
+    }
+    total += static_cast<double>(hsum<T>(sum));
+    bool any_nan = p != p, any_valid = false;
+    T top = ninf, best = ninf;
+    for (int l = 0; l < L; ++l) {
+      any_nan |= nan[l] != 0;
+      any_valid |= valid[l] != 0;
+      top = mx[l] > top ? mx[l] : top;
+      best = cand[l] > best ? cand[l] : best;
+    }
+    positive[i] = p;
+    mean_neg[i] = static_cast<T>(total / static_cast<double>(b - 1));
+    auto first = [&](T value, bool below_positive) {
+      for (index_t c = 0; c < b; ++c)
+        if (c != i && s[c] == value && (!below_positive || s[c] <= p)) return static_cast<int64_t>(c);
+      return int64_t{-1};
+    };
+    if (any_nan) {
+      closest[i] = static_cast<T>(NAN);
+      closest_idx[i] = -1;
+    } else if (any_valid) {
+      closest[i] = best;
+      closest_idx[i] = first(best, true);
+    } else {
+      const T shifted = top - T(2);
+      if (empty == EmptyMode::Shift && shifted > T(-2)) {
+        closest[i] = shifted;
+        closest_idx[i] = first(top, false);
+      } else {
+        closest[i] = T(-2);
+        closest_idx[i] = -1;
+      }
+    }
+  };
+  const int nt = (b * b > (1 << 18)) ? num_threads() : 1;
+  (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+#endif
+  for (index_t i = 0; i < b; ++i) row(i);
+}
+
 // Gradient of cost = sum_i w_i * (L1_i + L2_i) with respect to v1 and v2.
 // active1/active2 mark rows whose hinge is strictly positive; `closest_idx`
 // is -1 where the closest term is a constant (floor or empty without index).
