@@ -80,6 +80,21 @@ def test_zero_nan_and_inf_rows(backend, dtype, rng):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_large_self_matrix_special_rows_far_down(backend, dtype, rng):
+    # 1500 columns: the numba kernel works in blocks of a few hundred rows, so
+    # the zero and NaN rows below sit in later blocks, diagonal included
+    a = rng.standard_normal((1500, 7)).astype(dtype)
+    a[900] = 0
+    a[1400, 3] = np.nan
+    got = fastsim.cosine_similarity_matrix(a, backend=backend)
+    assert got[900, 900] == 0 and np.isnan(got[1400, 1400])
+    diag = np.diag(got)
+    assert np.all(diag[np.r_[0:900, 901:1400, 1401:1500]] == 1.0)
+    assert_close(got, _ref_matrix(a), dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_clamped_to_unit_interval(backend, dtype, rng):
     # Parallel and anti-parallel copies at many scales: rounding would push past +-1.
     base = rng.standard_normal((1, 37)).astype(dtype)
