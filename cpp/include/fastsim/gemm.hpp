@@ -94,9 +94,10 @@ inline void pack_panels(const T* src, index_t ld, index_t r0, index_t rows, inde
 
 // Independent k-chains for a tile of R rows: with few rows there are too few
 // accumulators to cover the FMA latency, so k is dealt round-robin to KU
-// chains (kk % KU) that are summed in order at the end. Any scalar code that
-// must reproduce a tile's value bit for bit (the triplet positive) follows
-// exactly this order.
+// chains (kk % KU) that are summed in order at the end. Code that must
+// reproduce a tile's value bit for bit (the triplet positive) runs the tile
+// itself rather than a scalar replica: the compiler's FMA contraction of the
+// vector and the scalar forms need not agree.
 template <class T>
 constexpr int k_chains(int rows) {
   const int acc = rows * GemmShape<T>::NV;
@@ -179,21 +180,6 @@ inline void micro_kernel_rows(index_t k, const T* __restrict a, index_t lda, con
     }
   }
   ep.template operator()<MR, NV, V>(i0, j0, R, nr, acc, thread);
-}
-
-// Scalar replica of one tile entry's accumulation order (see k_chains).
-template <class T>
-inline T tile_dot(const T* x, const T* y, index_t k, int chains) {
-  T part[8] = {};
-  index_t kk = 0;
-  if (chains > 1) {
-    for (; kk + chains <= k; kk += chains)
-      for (int u = 0; u < chains; ++u) part[u] += x[kk + u] * y[kk + u];
-  }
-  T acc = part[0];
-  for (; kk < k; ++kk) acc += x[kk] * y[kk];
-  for (int u = 1; u < chains; ++u) acc += part[u];
-  return acc;
 }
 
 // Picks the kernel for `mr` rows (edge tiles and small batches such as one

@@ -26,14 +26,6 @@ namespace FASTSIM_LEVEL {
 
 enum class EmptyMode : int { Shift = 0, Floor = 1 };
 
-// The positive s[i, i] computed with exactly the arithmetic of the micro-kernel
-// tile that holds row i (same k-chains, then * inv2[i] * inv1[i]) so that a
-// negative equal to the positive compares equal, as the spec requires.
-template <class T>
-inline T positive_score(const T* x, const T* y, index_t k, T inv_x, T inv_y, int chains) {
-  return clamp_keep_nan(tile_dot(x, y, k, chains) * inv_x * inv_y, T(-1), T(1));
-}
-
 template <class T>
 struct TripletState {
   T* positive;       // s[i, i]
@@ -49,6 +41,9 @@ struct TripletEpilogue {
   const T* inv_a;  // 1/|v2[i]|
   const T* inv_b;  // 1/|v1[j]|
   TripletState<T> st;
+  // The first pass of triplet_forward: store s[i, i] of the tiles crossing the
+  // diagonal into st.positive and nothing else.
+  bool positives_only = false;
 
   // One row of a tile, scalar: edge tiles and tiles crossing the diagonal.
   inline void row_scalar(index_t i, index_t j0, int nr, const T* vals) {
@@ -74,6 +69,16 @@ struct TripletEpilogue {
     constexpr int L = static_cast<int>(sizeof(V) / sizeof(T));
     constexpr int NR = NV * L;
     const bool crosses_diag = (i0 < j0 + nr) && (j0 < i0 + mr);
+    if (positives_only) {
+      alignas(64) T t[MR * NR];
+      tile_to_array<MR, NV>(acc, t);
+      for (int r = 0; r < mr; ++r) {
+        const index_t i = i0 + r, jj = i - j0;
+        // the very expression row_scalar() evaluates for j == i
+        if (jj >= 0 && jj < nr) st.positive[i] = clamp_keep_nan(t[r * NR + jj] * inv_a[i] * inv_b[i], T(-1), T(1));
+      }
+      return;
+    }
     if (mr == MR && nr == NR && !crosses_diag) {
       V rb[NV];
       for (int v = 0; v < NV; ++v) rb[v] = load<V>(inv_b + j0 + v * L);
@@ -133,28 +138,23 @@ void triplet_forward(const T* v1, const T* v2, index_t b, index_t d, EmptyMode e
   std::vector<double> neg_sum(static_cast<std::size_t>(b), 0.0);
   std::vector<T> top(static_cast<std::size_t>(b), T(-4));
   std::vector<int64_t> top_j(static_cast<std::size_t>(b), -1);
-  // Rows of the last, partial tile run with fewer rows and so more k-chains.
+  // Positives first, each by the same GEMM code (this epilogue's instantiation)
+  // on the same row block [i0, i0 + MR) as in the main pass below, so s[i, i]
+  // is bit for bit the value the main pass compares the negatives with: a
+  // negative equal to the positive counts, as the spec requires.  A scalar
+  // replica of the tile's dot product is not enough: whether the compiler
+  // contracts a * b + c into an FMA differs between the vector micro-kernel
+  // and scalar code (GCC -O3 contracts the former only).
   constexpr int MR = GemmShape<T>::MR;
-  const index_t edge_rows = b % MR, edge_begin = b - edge_rows;
-  const int full_chains = k_chains<T>(MR);
-  const int edge_chains = edge_rows ? k_chains<T>(static_cast<int>(edge_rows)) : full_chains;
-  index_t i = 0;
-  if (full_chains == 1) {
-    // Eight rows at a time: each row keeps its own in-order chain (the tile's
-    // arithmetic), and the eight chains overlap in the FMA pipeline.
-    constexpr int kRows = 8;
-    for (; i + kRows <= edge_begin; i += kRows) {
-      T acc[kRows] = {};
-      for (index_t kk = 0; kk < d; ++kk)
-#pragma GCC unroll 8
-        for (int r = 0; r < kRows; ++r) acc[r] += v2[(i + r) * d + kk] * v1[(i + r) * d + kk];
-      for (int r = 0; r < kRows; ++r)
-        positive[i + r] = clamp_keep_nan(acc[r] * inv2[i + r] * inv1[i + r], T(-1), T(1));
+  {
+    GemmOptions one;
+    one.threads = 1;
+    for (index_t i0 = 0; i0 < b; i0 += MR) {
+      const index_t mr = std::min<index_t>(MR, b - i0);
+      TripletEpilogue<T> diag{inv2 + i0, inv1 + i0, {positive + i0, nullptr, nullptr, nullptr, nullptr, nullptr}};
+      diag.positives_only = true;
+      gemm_nt<T>(v2 + i0 * d, d, v1 + i0 * d, d, mr, mr, d, diag, one);
     }
-  }
-  for (; i < b; ++i) {
-    const int chains = i >= edge_begin ? edge_chains : full_chains;
-    positive[i] = positive_score(v2 + i * d, v1 + i * d, d, inv2[i], inv1[i], chains);
   }
   for (index_t r = 0; r < b; ++r) {
     closest[r] = T(-4);
