@@ -2,6 +2,7 @@
 // for the SIMD level in use and repacked only if that level changes.
 #include <memory>
 #include <string>
+#include <type_traits>
 
 #include "arrays.hpp"
 #include "fastsim/kernels.hpp"
@@ -26,6 +27,10 @@ class RnnLayerT {
   void run(py::array x, index_t B, index_t T_len, index_t row_b, index_t row_t, py::object lengths, bool reverse,
            py::array h, py::object c, py::array out, index_t out_ld, index_t out_off) {
     if (table_ != &kernels()) pack();  // the SIMD level changed since the weights were packed
+    const DType t = std::is_same<T, float>::value ? DType::F32 : DType::F64;
+    require_same_dtype(x, t, "x");
+    require_same_dtype(h, t, "h");
+    require_same_dtype(out, t, "out");
     require_c_contiguous(x, "x");
     require_c_contiguous(h, "h");
     require_c_contiguous(out, "out");
@@ -52,13 +57,15 @@ class RnnLayerT {
     py::array c_arr;
     if (cell_ == 0) {
       if (c.is_none()) throw std::invalid_argument("an LSTM needs the cell state c");
+      // c is written in place: a list would be converted to a copy and the final state lost
+      if (!py::isinstance<py::array>(c)) throw py::type_error("c must be a numpy array");
       c_arr = py::array(c);
       require_c_contiguous(c_arr, "c");
       require_writeable(c_arr, "c");
+      require_same_dtype(c_arr, t, "c");  // a narrower c would be overrun by the kernel
       if (c_arr.size() != B * H_) throw std::invalid_argument("c must hold B x H values");
       pc = mptr<T>(c_arr);
     }
-    for (auto* a : {&x, &h, &out}) require_same_dtype(*a, std::is_same<T, float>::value ? DType::F32 : DType::F64, "array");
     const T* px = cptr<T>(x);
     T* ph = mptr<T>(h);
     T* po = mptr<T>(out);
@@ -121,6 +128,9 @@ class RnnLayer {
       require_c_contiguous(ba, "bias");
       require_same_dtype(ba, t, "bias");
       if (ba.shape(0) != gates * H) throw std::invalid_argument("biases must have gates * H entries");
+      // Keep the checked array: for a list it is a new array, and the layer
+      // packs (and repacks) its weights from this memory.
+      *b = ba;
     }
     f64_ = t == DType::F64;
     if (f64_)
