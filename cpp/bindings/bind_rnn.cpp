@@ -11,6 +11,13 @@ namespace fastsim::bind {
 
 namespace {
 
+index_t checked_mul(index_t a, index_t b) {
+  index_t r;
+  if (__builtin_mul_overflow(a, b, &r))
+    throw std::invalid_argument("B, T and the layer sizes give more elements than fit in an array");
+  return r;
+}
+
 template <class T>
 class RnnLayerT {
  public:
@@ -36,9 +43,13 @@ class RnnLayerT {
     require_c_contiguous(out, "out");
     require_writeable(h, "h");
     require_writeable(out, "out");
-    if (x.size() != B * T_len * D_) throw std::invalid_argument("x does not hold B * T rows of D features");
-    if (h.size() != B * H_) throw std::invalid_argument("h must hold B x H values");
-    if (out.size() != B * T_len * out_ld || out_off < 0 || out_off + H_ > out_ld)
+    if (B < 0 || T_len < 0 || out_ld < 0) throw std::invalid_argument("B, T and out_ld must be >= 0");
+    // Sizes in elements, refused rather than wrapped when they overflow (a
+    // wrapped product could match an empty array and let B through).
+    const index_t rows = checked_mul(B, T_len);
+    if (x.size() != checked_mul(rows, D_)) throw std::invalid_argument("x does not hold B * T rows of D features");
+    if (h.size() != checked_mul(B, H_)) throw std::invalid_argument("h must hold B x H values");
+    if (out.size() != checked_mul(rows, out_ld) || out_off < 0 || out_off > out_ld - H_)
       throw std::invalid_argument("out does not hold B * T rows of out_ld features");
     if (!((row_b == T_len && row_t == 1) || (row_b == 1 && row_t == B)))
       throw std::invalid_argument("rows must be batch-major or time-major");
