@@ -17,8 +17,8 @@
 # python does not link it: ASan resolves its C++ exception interceptor
 # (__cxa_throw) at start-up, and without libstdc++ loaded by then the first
 # exception thrown by the bindings (every bad-input test) aborts with
-# "CHECK failed: ... real___cxa_throw".  Reports go to per-process log files
-# (the tests start subprocesses too) and are also searched for in the output.
+# "CHECK failed: ... real___cxa_throw".  ASan reports go to per-process log
+# files (the tests start subprocesses too); the test output is searched too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -96,7 +96,10 @@ EOF
 
 start=$(date +%s)
 set +e
-"$python" -m pytest -p no:cacheprovider "$@" 2>&1 | tee "$work/logs/pytest.out"
+# --capture=sys: pytest captures Python's streams only, so a report written
+# to file descriptor 2 just before an abort still reaches this output (GCC's
+# UBSan writes there even with log_path set).
+"$python" -m pytest -p no:cacheprovider --capture=sys "$@" 2>&1 | tee "$work/logs/pytest.out"
 status=${PIPESTATUS[0]}
 set -e
 echo "sanitize.sh: test suite exit status $status after $(($(date +%s) - start)) s"
