@@ -64,3 +64,24 @@ def test_triplet_positive_ties_exactly_at_every_level(level, dtype, b):
     parts = fastsim.modified_triplet_loss(v1, v2, return_parts=True, backend="cpp")
     np.testing.assert_array_equal(parts.closest_negative, parts.positive)
     np.testing.assert_array_equal(parts.closest_index, np.where(np.arange(b) == 0, 1, 0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_triplet_negative_equal_to_the_positive(level, dtype):
+    # A copy of row i of v1 at row j makes s[i, j] == s[i, i] exactly, on any
+    # data: "equal to the positive still counts", so row i's closest negative is
+    # the positive itself, at index j.  Random data (not a grid of exact
+    # values) needs the positive to be computed with exactly the arithmetic of
+    # the score tiles, FMA contraction included, at every SIMD level.
+    rng = np.random.default_rng(7)
+    misses = []
+    for _ in range(60):
+        b, d = int(rng.integers(3, 40)), int(rng.integers(1, 70))
+        v1 = rng.standard_normal((b, d)).astype(dtype)
+        v2 = rng.standard_normal((b, d)).astype(dtype)
+        i, j = (int(x) for x in rng.choice(b, 2, replace=False))
+        v1[j] = v1[i]
+        parts = fastsim.modified_triplet_loss(v1, v2, reduction="none", return_parts=True, backend="cpp")
+        if parts.closest_negative[i] != parts.positive[i] or parts.closest_index[i] != j:
+            misses.append((b, d, i, j, parts.positive[i], parts.closest_negative[i], parts.closest_index[i]))
+    assert not misses, f"{len(misses)} of 60 rows missed the negative equal to the positive, e.g. {misses[0]}"

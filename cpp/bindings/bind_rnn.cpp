@@ -2,6 +2,7 @@
 // for the SIMD level in use and repacked only if that level changes.
 #include <memory>
 #include <string>
+#include <type_traits>
 
 #include "arrays.hpp"
 #include "fastsim/kernels.hpp"
@@ -9,6 +10,13 @@
 namespace fastsim::bind {
 
 namespace {
+
+index_t checked_mul(index_t a, index_t b) {
+  index_t r;
+  if (__builtin_mul_overflow(a, b, &r))
+    throw std::invalid_argument("B, T and the layer sizes give more elements than fit in an array");
+  return r;
+}
 
 template <class T>
 class RnnLayerT {
@@ -26,14 +34,22 @@ class RnnLayerT {
   void run(py::array x, index_t B, index_t T_len, index_t row_b, index_t row_t, py::object lengths, bool reverse,
            py::array h, py::object c, py::array out, index_t out_ld, index_t out_off) {
     if (table_ != &kernels()) pack();  // the SIMD level changed since the weights were packed
+    const DType t = std::is_same<T, float>::value ? DType::F32 : DType::F64;
+    require_same_dtype(x, t, "x");
+    require_same_dtype(h, t, "h");
+    require_same_dtype(out, t, "out");
     require_c_contiguous(x, "x");
     require_c_contiguous(h, "h");
     require_c_contiguous(out, "out");
     require_writeable(h, "h");
     require_writeable(out, "out");
-    if (x.size() != B * T_len * D_) throw std::invalid_argument("x does not hold B * T rows of D features");
-    if (h.size() != B * H_) throw std::invalid_argument("h must hold B x H values");
-    if (out.size() != B * T_len * out_ld || out_off < 0 || out_off + H_ > out_ld)
+    if (B < 0 || T_len < 0 || out_ld < 0) throw std::invalid_argument("B, T and out_ld must be >= 0");
+    // Sizes in elements, refused rather than wrapped when they overflow (a
+    // wrapped product could match an empty array and let B through).
+    const index_t rows = checked_mul(B, T_len);
+    if (x.size() != checked_mul(rows, D_)) throw std::invalid_argument("x does not hold B * T rows of D features");
+    if (h.size() != checked_mul(B, H_)) throw std::invalid_argument("h must hold B x H values");
+    if (out.size() != checked_mul(rows, out_ld) || out_off < 0 || out_off > out_ld - H_)
       throw std::invalid_argument("out does not hold B * T rows of out_ld features");
     if (!((row_b == T_len && row_t == 1) || (row_b == 1 && row_t == B)))
       throw std::invalid_argument("rows must be batch-major or time-major");
@@ -52,13 +68,15 @@ class RnnLayerT {
     py::array c_arr;
     if (cell_ == 0) {
       if (c.is_none()) throw std::invalid_argument("an LSTM needs the cell state c");
+      // c is written in place: a list would be converted to a copy and the final state lost
+      if (!py::isinstance<py::array>(c)) throw py::type_error("c must be a numpy array");
       c_arr = py::array(c);
       require_c_contiguous(c_arr, "c");
       require_writeable(c_arr, "c");
+      require_same_dtype(c_arr, t, "c");  // a narrower c would be overrun by the kernel
       if (c_arr.size() != B * H_) throw std::invalid_argument("c must hold B x H values");
       pc = mptr<T>(c_arr);
     }
-    for (auto* a : {&x, &h, &out}) require_same_dtype(*a, std::is_same<T, float>::value ? DType::F32 : DType::F64, "array");
     const T* px = cptr<T>(x);
     T* ph = mptr<T>(h);
     T* po = mptr<T>(out);
@@ -121,6 +139,9 @@ class RnnLayer {
       require_c_contiguous(ba, "bias");
       require_same_dtype(ba, t, "bias");
       if (ba.shape(0) != gates * H) throw std::invalid_argument("biases must have gates * H entries");
+      // Keep the checked array: for a list it is a new array, and the layer
+      // packs (and repacks) its weights from this memory.
+      *b = ba;
     }
     f64_ = t == DType::F64;
     if (f64_)
