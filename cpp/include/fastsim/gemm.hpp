@@ -76,25 +76,33 @@ struct GemmShape {
 // In-register transpose of an L x L block held as L vectors (row r in v[r]):
 // log2(L) rounds, round s swapping the off-diagonal s x s sub-blocks of every
 // pair of rows (i, i + s), each a single two-source shuffle.
-template <int L, int S, bool Hi, class M, std::size_t... J>
-constexpr M transpose_mask(std::index_sequence<J...>) {
-  return M{static_cast<typename std::remove_reference<decltype(M{}[0])>::type>(
-      Hi ? (((J & S) == 0) ? J + S : L + J) : (((J & S) == 0) ? J : L + J - S))...};
+// Lane J of the result takes lane shuffle_lane(J) of the concatenation [a, b].
+template <int L, int S, bool Hi>
+constexpr int shuffle_lane(int j) {
+  return Hi ? (((j & S) == 0) ? j + S : L + j) : (((j & S) == 0) ? j : L + j - S);
+}
+
+template <int L, int S, bool Hi, class V, std::size_t... J>
+inline V shuffle_pair(V a, V b, std::index_sequence<J...>) {
+#if defined(__clang__)
+  return __builtin_shufflevector(a, b, shuffle_lane<L, S, Hi>(static_cast<int>(J))...);
+#else
+  using T = typename std::remove_reference<decltype(a[0])>::type;
+  using I = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
+  typedef I M __attribute__((vector_size(sizeof(V))));
+  constexpr M mask{static_cast<I>(shuffle_lane<L, S, Hi>(static_cast<int>(J)))...};
+  return __builtin_shuffle(a, b, mask);
+#endif
 }
 
 template <class V, int L, int S>
 inline void transpose_round(V (&v)[L]) {
-  using T = typename std::remove_reference<decltype(v[0][0])>::type;
-  using I = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
-  typedef I M __attribute__((vector_size(sizeof(V))));
-  constexpr M lo = transpose_mask<L, S, false, M>(std::make_index_sequence<L>{});
-  constexpr M hi = transpose_mask<L, S, true, M>(std::make_index_sequence<L>{});
 #pragma GCC unroll 16
   for (int i = 0; i < L; ++i) {
     if (i & S) continue;
     const V a = v[i], b = v[i + S];
-    v[i] = __builtin_shuffle(a, b, lo);
-    v[i + S] = __builtin_shuffle(a, b, hi);
+    v[i] = shuffle_pair<L, S, false>(a, b, std::make_index_sequence<L>{});
+    v[i + S] = shuffle_pair<L, S, true>(a, b, std::make_index_sequence<L>{});
   }
   if constexpr (S > 1) transpose_round<V, L, S / 2>(v);
 }
@@ -187,7 +195,7 @@ inline void micro_kernel_rows(index_t k, const T* __restrict a, index_t lda, con
         for (int r = 0; r < R; ++r) {
           const V av = splat<V>(rows[r][kk + u]);
 #pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) part[u][r][v] += av * b[v];
+          for (int v = 0; v < NV; ++v) part[u][r][v] = vfmadd(av, b[v], part[u][r][v]);
         }
       }
     }
@@ -201,7 +209,7 @@ inline void micro_kernel_rows(index_t k, const T* __restrict a, index_t lda, con
       for (int r = 0; r < R; ++r) {
         const V av = splat<V>(rows[r][kk]);
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[r][v] += av * load<V>(bp + kk * NR + v * L);
+        for (int v = 0; v < NV; ++v) acc[r][v] = vfmadd(av, load<V>(bp + kk * NR + v * L), acc[r][v]);
       }
     }
 #pragma GCC unroll 8
@@ -219,7 +227,7 @@ inline void micro_kernel_rows(index_t k, const T* __restrict a, index_t lda, con
       for (int r = 0; r < R; ++r) {
         const V av = splat<V>(rows[r][kk]);
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[r][v] += av * b[v];
+        for (int v = 0; v < NV; ++v) acc[r][v] = vfmadd(av, b[v], acc[r][v]);
       }
     }
   }

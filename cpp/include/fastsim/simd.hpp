@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -102,6 +103,50 @@ template <class T>
 inline T fmadd(T x, T y, T a) {
 #if defined(__FMA__)
   return std::fma(x, y, a);
+#else
+  return a + x * y;
+#endif
+}
+
+// a + x * y lane by lane, as one fused operation wherever the level has FMA
+// instructions.  Every accumulation whose exact rounding matters (the GEMM
+// micro-kernel, and code reproducing a tile bit for bit) calls this rather than
+// writing `acc += x * y` and trusting the compiler to contract it: an
+// unoptimized or instrumented build (-O0, the sanitizers) may not.
+template <class V>
+inline V vfmadd(V x, V y, V a) {
+#if defined(__FMA__) && (defined(__x86_64__) || defined(__i386__))
+  using T = std::remove_cv_t<std::remove_reference_t<decltype(x[0])>>;
+  constexpr bool f32 = sizeof(T) == 4;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64) {
+    if constexpr (f32)
+      return reinterpret_cast<V>(_mm512_fmadd_ps(reinterpret_cast<__m512>(x), reinterpret_cast<__m512>(y),
+                                                 reinterpret_cast<__m512>(a)));
+    else
+      return reinterpret_cast<V>(_mm512_fmadd_pd(reinterpret_cast<__m512d>(x), reinterpret_cast<__m512d>(y),
+                                                 reinterpret_cast<__m512d>(a)));
+  } else
+#endif
+  if constexpr (sizeof(V) == 32) {
+    if constexpr (f32)
+      return reinterpret_cast<V>(_mm256_fmadd_ps(reinterpret_cast<__m256>(x), reinterpret_cast<__m256>(y),
+                                                 reinterpret_cast<__m256>(a)));
+    else
+      return reinterpret_cast<V>(_mm256_fmadd_pd(reinterpret_cast<__m256d>(x), reinterpret_cast<__m256d>(y),
+                                                 reinterpret_cast<__m256d>(a)));
+  } else if constexpr (sizeof(V) == 16) {
+    if constexpr (f32)
+      return reinterpret_cast<V>(
+          _mm_fmadd_ps(reinterpret_cast<__m128>(x), reinterpret_cast<__m128>(y), reinterpret_cast<__m128>(a)));
+    else
+      return reinterpret_cast<V>(
+          _mm_fmadd_pd(reinterpret_cast<__m128d>(x), reinterpret_cast<__m128d>(y), reinterpret_cast<__m128d>(a)));
+  } else {
+    V r;
+    for (int l = 0; l < static_cast<int>(sizeof(V) / sizeof(T)); ++l) r[l] = std::fma(x[l], y[l], a[l]);
+    return r;
+  }
 #else
   return a + x * y;
 #endif

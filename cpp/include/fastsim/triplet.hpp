@@ -157,7 +157,7 @@ void triplet_positives(const T* v1, const T* v2, index_t b, index_t d, const T* 
         transpose_round<V, L, L / 2>(x);
         transpose_round<V, L, L / 2>(y);
 #pragma GCC unroll 16
-        for (int t = 0; t < L; ++t) acc += x[t] * y[t];
+        for (int t = 0; t < L; ++t) acc = vfmadd(x[t], y[t], acc);
       }
       alignas(64) T part[L];
       store(part, acc);
