@@ -501,6 +501,110 @@ def test_pooling_modes_match_torch(backend, pooling, cell, num_layers, bidirecti
     assert_close(got, want, np.float64, scale=10)
 
 
+needs_cpp = pytest.mark.skipif("cpp" not in fastsim.available_backends(), reason="cpp backend not available here")
+
+
+def _layers_for(kind, E, H, dtype, seed):
+    rng = np.random.default_rng(seed)
+    if kind == "lstm2bi":
+        return fs_rnn.LSTM(E, H, 2, bidirectional=True, dtype=dtype, seed=rng)
+    if kind == "gru_bi":
+        return fs_rnn.GRU(E, H, bidirectional=True, dtype=dtype, seed=rng)
+    if kind == "rnn_relu":
+        return fs_rnn.RNN(E, H, nonlinearity="relu", dtype=dtype, seed=rng)
+    return [fs_rnn.LSTM(E, H, dtype=dtype, seed=rng), fs_rnn.GRU(H, H + 3, dtype=dtype, seed=rng)]
+
+
+@needs_rnn
+@needs_cpp
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["lstm2bi", "gru_bi", "rnn_relu", "lstm_then_gru"])
+@pytest.mark.parametrize("pooling", ["mean", "masked_mean", "last"])
+def test_projected_embedding_table_matches_numpy(dtype, kind, pooling):
+    # Once an encoder has seen V tokens, the cpp backend runs its first layer
+    # from a table of projected embedding rows picked by token id: the first
+    # call below (gathering embeddings) and every later call must agree with
+    # the NumPy backend, with and without lengths.
+    V, E, H = 40, 6, 19
+    rng = np.random.default_rng(3)
+    emb = rng.standard_normal((V, E))
+    enc = SiameseEncoder(emb, _layers_for(kind, E, H, dtype, 8), pooling)
+    ref64 = SiameseEncoder(emb, _layers_for(kind, E, H, np.float64, 8), pooling)
+    ids, lengths = _ids(rng, 5, 7, V)  # 35 tokens: below V, the gather path
+    got_first = enc.encode(ids, backend="cpp")
+    assert enc._tokens_encoded < V
+    assert_close(got_first, ref64.encode(ids, backend="numpy"), dtype, scale=10)
+    for _ in range(2):  # now past V tokens: the table is built, then reused
+        ids, lengths = _ids(rng, 9, 8, V)
+        for lens in (None, lengths):
+            got = enc.encode(ids, lens, batch_size=4, backend="cpp")
+            assert_close(got, ref64.encode(ids, lens, backend="numpy"), dtype, scale=10)
+    first = enc.layers[0]
+    assert all(p.core_layer(first._relu()).input_table_source is not None for p in first._cells[0])
+
+
+@needs_rnn
+@needs_cpp
+def test_projected_table_follows_new_weights_and_simd_levels():
+    V, E, H = 25, 5, 8
+    rng = np.random.default_rng(6)
+    layer = fs_rnn.LSTM(E, H, bidirectional=True, dtype=np.float64, seed=1)
+    enc = SiameseEncoder(rng.standard_normal((V, E)), layer, "mean")
+    ids, lengths = _ids(rng, 10, 6, V)
+    enc.encode(ids, backend="cpp")
+    enc.encode(ids, backend="cpp")  # table built
+    # replaced weights: the next call must use them, not the old table
+    w = [rng.uniform(-0.5, 0.5, a.shape) for a in layer.weights[0][1]]
+    layer.set_weights(0, 1, *w)
+    assert_close(enc.encode(ids, lengths, backend="cpp"), enc.encode(ids, lengths, backend="numpy"), np.float64)
+    # another SIMD level lays the projected columns out differently
+    want = enc.encode(ids, lengths, backend="numpy")
+    try:
+        for level in fastsim.simd_levels():
+            fastsim.set_simd_level(level)
+            assert_close(enc.encode(ids, lengths, backend="cpp"), want, np.float64, err_msg=level)
+    finally:
+        fastsim.set_simd_level(None)
+
+
+@needs_cpp
+def test_input_table_binding_checks_its_arguments():
+    core = fastsim._backend.core()
+    rng = np.random.default_rng(0)
+    H, D, V = 4, 3, 6
+    layer = core.RnnLayer(0, rng.standard_normal((4 * H, D)), rng.standard_normal((4 * H, H)), None, None)
+    h, c = np.zeros((2, H)), np.zeros((2, H))
+    out = np.zeros((2 * 3, H))
+    ids = np.zeros((2, 3), dtype=np.int64)
+    with pytest.raises(ValueError, match="no input table"):
+        layer.run_ids(ids, 2, 3, None, False, h, c, out, H, 0)
+    with pytest.raises(ValueError, match="D columns"):
+        layer.set_input_table(np.zeros((V, D + 1)))
+    with pytest.raises(TypeError):
+        layer.set_input_table(np.zeros((V, D), dtype=np.float32))
+    emb = rng.standard_normal((V, D))
+    layer.set_input_table(emb)
+    assert layer.input_table_source is emb
+    for bad in (V, -1):
+        ids[1, 2] = bad
+        with pytest.raises(ValueError, match="0..V-1"):
+            layer.run_ids(ids, 2, 3, None, False, h, c, out, H, 0)
+    ids[1, 2] = 0
+    with pytest.raises(TypeError, match="int64"):
+        layer.run_ids(ids.astype(np.int32), 2, 3, None, False, h, c, out, H, 0)
+    with pytest.raises(ValueError, match="B x T"):
+        layer.run_ids(ids[:, :2].copy(), 2, 3, None, False, h, c, out, H, 0)
+    with pytest.raises(ValueError, match="lengths"):
+        layer.run_ids(ids, 2, 3, np.array([0, 3]), False, h, c, out, H, 0)
+    layer.run_ids(ids, 2, 3, None, False, h, c, out, H, 0)
+    # the same steps from the gathered embeddings
+    h2, c2, out2 = np.zeros((2, H)), np.zeros((2, H)), np.zeros((2 * 3, H))
+    layer.run(np.ascontiguousarray(emb[ids]), 2, 3, True, None, False, h2, c2, out2, H, 0)
+    np.testing.assert_allclose(out, out2, rtol=0, atol=1e-14)
+    layer.set_input_table(None)
+    assert layer.input_table_source is None
+
+
 @needs_rnn
 def test_from_torch_reads_embedding_and_weights():
     torch = pytest.importorskip("torch")

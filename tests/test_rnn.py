@@ -112,6 +112,36 @@ def test_layer_matches_reference(backend, dtype, kind, shape, stack):
         assert_result(got, reference(kind, weights64(layer), x, lens, init), dtype)
 
 
+@pytest.mark.skipif("cpp" not in fastsim.available_backends(), reason="cpp backend not available here")
+@pytest.mark.parametrize("form", ["0", "1"], ids=["stacked-input", "projected-input"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", [(1, 6, 5, 3), (7, 5, 9, 37), (13, 4, 1, 70)], ids=lambda s: "B{}T{}D{}H{}".format(*s))
+def test_both_step_forms_match_reference(monkeypatch, form, dtype, kind, shape):
+    # The compiled LSTM and RNN either multiply [x_t | h] per step or project
+    # every step's input first; the size decides, FASTSIM_RNN_PROJECT forces it.
+    monkeypatch.setenv("FASTSIM_RNN_PROJECT", form)
+    B, T, D, H = shape
+    rng = np.random.default_rng(zlib.crc32(repr((shape, kind, form)).encode()))
+    layer = make_layer(kind, D, H, 2, True, dtype=dtype, seed=rng)
+    x = rng.standard_normal((B, T, D)).astype(dtype)
+    lengths = rng.integers(1, T + 1, size=B)
+    lengths[0] = T
+    initial = random_initial(kind, rng, 4, B, H, dtype)
+    for lens, init in ((None, None), (lengths, initial)):
+        got = layer(x, lens, init, backend="cpp")
+        assert_result(got, reference(kind, weights64(layer), x, lens, init), dtype)
+    # time-major input, through the functional form of one direction
+    w64 = weights64(layer)[0][0]
+    fn = {"lstm": R.lstm_forward, "gru": R.gru_forward}.get(kind)
+    if fn is not None:
+        xt = np.swapaxes(x, 0, 1).copy()
+        out, _ = fn(xt, *(a.astype(dtype) for a in w64), lengths=lengths, batch_first=False, backend="cpp")
+        want, _ = reference(kind, [[w64]], xt, lengths, batch_first=False)
+        assert out.dtype == dtype
+        assert_close(out, want, dtype)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)

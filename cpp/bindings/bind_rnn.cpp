@@ -3,6 +3,7 @@
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "arrays.hpp"
 #include "fastsim/kernels.hpp"
@@ -34,56 +35,59 @@ class RnnLayerT {
   void run(py::array x, index_t B, index_t T_len, index_t row_b, index_t row_t, py::object lengths, bool reverse,
            py::array h, py::object c, py::array out, index_t out_ld, index_t out_off) {
     if (table_ != &kernels()) pack();  // the SIMD level changed since the weights were packed
-    const DType t = std::is_same<T, float>::value ? DType::F32 : DType::F64;
-    require_same_dtype(x, t, "x");
-    require_same_dtype(h, t, "h");
-    require_same_dtype(out, t, "out");
+    require_same_dtype(x, dtype(), "x");
     require_c_contiguous(x, "x");
-    require_c_contiguous(h, "h");
-    require_c_contiguous(out, "out");
-    require_writeable(h, "h");
-    require_writeable(out, "out");
-    if (B < 0 || T_len < 0 || out_ld < 0) throw std::invalid_argument("B, T and out_ld must be >= 0");
-    // Sizes in elements, refused rather than wrapped when they overflow (a
-    // wrapped product could match an empty array and let B through).
-    const index_t rows = checked_mul(B, T_len);
-    if (x.size() != checked_mul(rows, D_)) throw std::invalid_argument("x does not hold B * T rows of D features");
-    if (h.size() != checked_mul(B, H_)) throw std::invalid_argument("h must hold B x H values");
-    if (out.size() != checked_mul(rows, out_ld) || out_off < 0 || out_off > out_ld - H_)
-      throw std::invalid_argument("out does not hold B * T rows of out_ld features");
     if (!((row_b == T_len && row_t == 1) || (row_b == 1 && row_t == B)))
       throw std::invalid_argument("rows must be batch-major or time-major");
-    const int64_t* plen = nullptr;
-    py::array len_arr;
-    if (!lengths.is_none()) {
-      len_arr = py::array(lengths);
-      require_c_contiguous(len_arr, "lengths");
-      if (!len_arr.dtype().equal(py::dtype::of<int64_t>()) || len_arr.size() != B)
-        throw std::invalid_argument("lengths must be int64 of shape (B,)");
-      plen = cptr<int64_t>(len_arr);
-      for (index_t i = 0; i < B; ++i)
-        if (plen[i] < 1 || plen[i] > T_len) throw std::invalid_argument("lengths must lie within 1..T");
-    }
-    T* pc = nullptr;
-    py::array c_arr;
-    if (cell_ == 0) {
-      if (c.is_none()) throw std::invalid_argument("an LSTM needs the cell state c");
-      // c is written in place: a list would be converted to a copy and the final state lost
-      if (!py::isinstance<py::array>(c)) throw py::type_error("c must be a numpy array");
-      c_arr = py::array(c);
-      require_c_contiguous(c_arr, "c");
-      require_writeable(c_arr, "c");
-      require_same_dtype(c_arr, t, "c");  // a narrower c would be overrun by the kernel
-      if (c_arr.size() != B * H_) throw std::invalid_argument("c must hold B x H values");
-      pc = mptr<T>(c_arr);
-    }
+    State st = state(B, T_len, lengths, h, c, out, out_ld, out_off);
+    if (x.size() != checked_mul(checked_mul(B, T_len), D_))
+      throw std::invalid_argument("x does not hold B * T rows of D features");
     const T* px = cptr<T>(x);
-    T* ph = mptr<T>(h);
-    T* po = mptr<T>(out);
     auto run_fn = typed().rnn_run;
     void* handle = handle_;
     py::gil_scoped_release release;  // arrays are held by this frame and by the layer
-    run_fn(handle, px, B, T_len, row_b, row_t, plen, reverse, ph, pc, po, out_ld, out_off);
+    run_fn(handle, px, B, T_len, row_b, row_t, st.lengths, reverse, st.h, st.c, st.out, out_ld, out_off);
+  }
+
+  // Precompute the input projection of every row of `embedding` (V, D), bias
+  // included; run_ids then feeds the steps rows of it picked by token ids.
+  // None drops it.  Recomputed if the SIMD level changes.
+  void set_input_table(py::object embedding) {
+    if (embedding.is_none()) {
+      input_.clear();
+      input_.shrink_to_fit();
+      embedding_ = py::none();
+      return;
+    }
+    if (!py::isinstance<py::array>(embedding)) throw py::type_error("embedding must be a numpy array");
+    py::array e(embedding);
+    require_ndim(e, 2, "embedding");
+    require_c_contiguous(e, "embedding");
+    require_same_dtype(e, dtype(), "embedding");
+    if (e.shape(1) != D_) throw std::invalid_argument("embedding must have D columns (the layer's input size)");
+    if (table_ != &kernels()) pack();
+    embedding_ = e;
+    project_table();
+  }
+  py::object input_table_source() const { return embedding_; }
+
+  void run_ids(py::array ids, index_t B, index_t T_len, py::object lengths, bool reverse, py::array h, py::object c,
+               py::array out, index_t out_ld, index_t out_off) {
+    if (embedding_.is_none()) throw std::invalid_argument("no input table: call set_input_table first");
+    if (table_ != &kernels()) pack();  // repacks and reprojects the table
+    require_c_contiguous(ids, "ids");
+    if (!ids.dtype().equal(py::dtype::of<int64_t>())) throw py::type_error("ids must be int64");
+    State st = state(B, T_len, lengths, h, c, out, out_ld, out_off);
+    if (ids.size() != checked_mul(B, T_len)) throw std::invalid_argument("ids must hold B x T token ids");
+    const int64_t* pid = cptr<int64_t>(ids);
+    const index_t V = py::array(embedding_).shape(0);
+    for (index_t i = 0, n = B * T_len; i < n; ++i)
+      if (pid[i] < 0 || pid[i] >= V) throw std::invalid_argument("ids must lie within 0..V-1 (the embedding rows)");
+    auto run_fn = typed().rnn_run_ids;
+    void* handle = handle_;
+    const T* table = input_.data();
+    py::gil_scoped_release release;
+    run_fn(handle, table, pid, B, T_len, st.lengths, reverse, st.h, st.c, st.out, out_ld, out_off);
   }
 
   index_t input_size() const { return D_; }
@@ -101,12 +105,76 @@ class RnnLayerT {
     const T* bi = b_ih_.is_none() ? nullptr : cptr<T>(py::array(b_ih_));
     const T* bh = b_hh_.is_none() ? nullptr : cptr<T>(py::array(b_hh_));
     handle_ = typed().rnn_create(cell_, cptr<T>(W_ih_), cptr<T>(W_hh_), bi, bh, D_, H_);
+    if (!embedding_.is_none()) project_table();  // the column layout belongs to the level
+  }
+  void project_table() {
+    py::array e(embedding_);
+    const index_t V = e.shape(0), cols = typed().rnn_cols(handle_);
+    input_.assign(static_cast<std::size_t>(checked_mul(V, cols)), T(0));
+    const T* pe = cptr<T>(e);
+    T* pt = input_.data();
+    auto fn = typed().rnn_project;
+    void* handle = handle_;
+    py::gil_scoped_release release;
+    fn(handle, pe, V, pt);
+  }
+
+  struct State {
+    const int64_t* lengths;
+    T* h;
+    T* c;
+    T* out;
+    py::array len_arr, c_arr;  // keep converted arrays alive
+  };
+  static DType dtype() { return std::is_same<T, float>::value ? DType::F32 : DType::F64; }
+
+  // Checks shared by run and run_ids: states, lengths and the output rows.
+  State state(index_t B, index_t T_len, py::object lengths, py::array h, py::object c, py::array out, index_t out_ld,
+              index_t out_off) {
+    const DType t = dtype();
+    require_same_dtype(h, t, "h");
+    require_same_dtype(out, t, "out");
+    require_c_contiguous(h, "h");
+    require_c_contiguous(out, "out");
+    require_writeable(h, "h");
+    require_writeable(out, "out");
+    if (B < 0 || T_len < 0 || out_ld < 0) throw std::invalid_argument("B, T and out_ld must be >= 0");
+    // Sizes in elements, refused rather than wrapped when they overflow (a
+    // wrapped product could match an empty array and let B through).
+    const index_t rows = checked_mul(B, T_len);
+    if (h.size() != checked_mul(B, H_)) throw std::invalid_argument("h must hold B x H values");
+    if (out.size() != checked_mul(rows, out_ld) || out_off < 0 || out_off > out_ld - H_)
+      throw std::invalid_argument("out does not hold B * T rows of out_ld features");
+    State st{nullptr, mptr<T>(h), nullptr, mptr<T>(out), py::array(), py::array()};
+    if (!lengths.is_none()) {
+      st.len_arr = py::array(lengths);
+      require_c_contiguous(st.len_arr, "lengths");
+      if (!st.len_arr.dtype().equal(py::dtype::of<int64_t>()) || st.len_arr.size() != B)
+        throw std::invalid_argument("lengths must be int64 of shape (B,)");
+      st.lengths = cptr<int64_t>(st.len_arr);
+      for (index_t i = 0; i < B; ++i)
+        if (st.lengths[i] < 1 || st.lengths[i] > T_len) throw std::invalid_argument("lengths must lie within 1..T");
+    }
+    if (cell_ == 0) {
+      if (c.is_none()) throw std::invalid_argument("an LSTM needs the cell state c");
+      // c is written in place: a list would be converted to a copy and the final state lost
+      if (!py::isinstance<py::array>(c)) throw py::type_error("c must be a numpy array");
+      st.c_arr = py::array(c);
+      require_c_contiguous(st.c_arr, "c");
+      require_writeable(st.c_arr, "c");
+      require_same_dtype(st.c_arr, t, "c");  // a narrower c would be overrun by the kernel
+      if (st.c_arr.size() != B * H_) throw std::invalid_argument("c must hold B x H values");
+      st.c = mptr<T>(st.c_arr);
+    }
+    return st;
   }
 
   int cell_;
   py::array W_ih_, W_hh_;
   py::object b_ih_, b_hh_;
   index_t D_ = 0, H_ = 0;
+  py::object embedding_ = py::none();
+  std::vector<T> input_;  // projected embedding rows, cols values each (layout of the current level)
   const KernelTable* table_ = nullptr;
   void* handle_ = nullptr;
 };
@@ -157,6 +225,20 @@ class RnnLayer {
     else
       f_->run(x, B, T_len, row_b, row_t, lengths, reverse, h, c, out, out_ld, out_off);
   }
+  void set_input_table(py::object embedding) {
+    if (f64_)
+      d_->set_input_table(embedding);
+    else
+      f_->set_input_table(embedding);
+  }
+  py::object input_table_source() const { return f64_ ? d_->input_table_source() : f_->input_table_source(); }
+  void run_ids(py::array ids, index_t B, index_t T_len, py::object lengths, bool reverse, py::array h, py::object c,
+               py::array out, index_t out_ld, index_t out_off) {
+    if (f64_)
+      d_->run_ids(ids, B, T_len, lengths, reverse, h, c, out, out_ld, out_off);
+    else
+      f_->run_ids(ids, B, T_len, lengths, reverse, h, c, out, out_ld, out_off);
+  }
   bool is_f64() const { return f64_; }
 
  private:
@@ -177,6 +259,15 @@ void bind_rnn(py::module_& m) {
            py::arg("out_ld"), py::arg("out_off"),
            "Run over x (B*T rows of D, batch- or time-major); h (and c) hold the initial state in and the final "
            "state out; writes H columns of out starting at out_off (rows of out_ld).")
+      .def("set_input_table", &RnnLayer::set_input_table, py::arg("embedding").none(true),
+           "Project every row of embedding (V, D) through W_ih (bias included) once, for run_ids; None drops it.")
+      .def_property_readonly("input_table_source", &RnnLayer::input_table_source,
+                             "The embedding the input table was projected from, or None.")
+      .def("run_ids", &RnnLayer::run_ids, py::arg("ids"), py::arg("B"), py::arg("T"), py::arg("lengths").none(true),
+           py::arg("reverse"), py::arg("h"), py::arg("c").none(true), py::arg("out"), py::arg("out_ld"),
+           py::arg("out_off"),
+           "Run over token ids (B, T) int64, step t of row i reading row ids[i, t] of the input table; outputs "
+           "batch-major (rows i * T + t of out_ld).")
       .def_property_readonly("is_f64", &RnnLayer::is_f64);
 }
 

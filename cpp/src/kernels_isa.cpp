@@ -118,9 +118,27 @@ void rnn_run(const void* w, const T* x, index_t B, index_t T_len, index_t row_b,
 }
 
 template <class T>
+void rnn_project(const void* w, const T* x, index_t rows, T* xw) {
+  rnn_input_projection<T>(*static_cast<const RnnWeights<T>*>(w), x, rows, xw);
+}
+
+template <class T>
+index_t rnn_cols(const void* w) {
+  return static_cast<const RnnWeights<T>*>(w)->cols;
+}
+
+template <class T>
+void rnn_run_ids(const void* w, const T* table, const int64_t* ids, index_t B, index_t T_len, const int64_t* lengths,
+                 bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off) {
+  rnn_direction_ids<T>(*static_cast<const RnnWeights<T>*>(w), table, ids, B, T_len, lengths, reverse, h, c, out,
+                       out_ld, out_off);
+}
+
+template <class T>
 constexpr TypedKernels<T> typed() {
   return TypedKernels<T>{&cosine_matrix<T>, &cosine_rows<T>, &gemm_nt_plain<T>, &triplet_forward_entry<T>,
-                         &hard_negatives_entry<T>, &triplet_backward<T>, &top_k<T>, &vec_math<T>, &rnn_create<T>, &rnn_destroy<T>, &rnn_run<T>};
+                         &hard_negatives_entry<T>, &triplet_backward<T>, &top_k<T>, &vec_math<T>, &rnn_create<T>, &rnn_destroy<T>, &rnn_run<T>,
+                         &rnn_project<T>, &rnn_cols<T>, &rnn_run_ids<T>};
 }
 
 }  // namespace

@@ -59,6 +59,22 @@ class RnnLayer:
         out_ld: int,
         out_off: int,
     ) -> None: ...
+    def set_input_table(self, embedding: npt.NDArray[np.floating] | None) -> None: ...
+    @property
+    def input_table_source(self) -> npt.NDArray[np.floating] | None: ...
+    def run_ids(
+        self,
+        ids: npt.NDArray[np.int64],
+        B: int,
+        T: int,
+        lengths: npt.NDArray[np.int64] | None,
+        reverse: bool,
+        h: npt.NDArray[np.floating],
+        c: npt.NDArray[np.floating] | None,
+        out: npt.NDArray[np.floating],
+        out_ld: int,
+        out_off: int,
+    ) -> None: ...
     @property
     def is_f64(self) -> bool: ...
 def top_k(

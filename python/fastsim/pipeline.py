@@ -460,7 +460,10 @@ class SiameseEncoder:
                 msg = f"rnn[{i}] must expose hidden_size (and bidirectional) so the output width is known"
                 raise TypeError(msg)
             features = out
-        self._embedding = np.ascontiguousarray(emb, dtype=dt)
+        # a private copy: the projected tables cached from it must never go stale
+        self._embedding = np.array(emb, dtype=dt, order="C")
+        self._embedding.flags.writeable = False
+        self._tokens_encoded = 0
         self._layers = layers
         self._features = features
         self.pooling = pooling
@@ -588,8 +591,8 @@ class SiameseEncoder:
                 raise ValueError(msg)
         return arr
 
-    def _run_layers(self, x, lengths, backend):
-        for layer in self._layers:
+    def _run_layers(self, x, lengths, backend, start=0):
+        for layer in self._layers[start:]:
             batch_first = getattr(layer, "batch_first", True)
             if batch_first:
                 x, _ = layer(x, lengths, backend=backend)
@@ -614,6 +617,21 @@ class SiameseEncoder:
             pooled[:, H:] = out[:, 0, H:]
         return pooled
 
+    def _projected_first_layer(self, tokens, backend):
+        """Whether the cpp backend runs the first layer from its projected embedding table.
+
+        The table (V rows of the first layer's input projection, per
+        direction) costs as much to build as projecting V tokens, so it is
+        built once the encoder has seen V tokens in total (then it is kept by
+        the layer and reused); a layer whose weights are replaced gets a new
+        table on its next use.
+        """
+        first = self._layers[0]
+        if not hasattr(first, "_run_embedded") or _backend.resolve(backend) != "cpp":
+            return False
+        self._tokens_encoded += tokens
+        return self._tokens_encoded >= self._embedding.shape[0]
+
     def _encode_batch(self, ids, lengths, backend):
         T = ids.shape[1]
         if lengths is not None:
@@ -625,8 +643,16 @@ class SiameseEncoder:
         else:
             L = _pooling_lengths(ids)
             run_lengths = None
-        x = self._embedding[ids]
-        out = self._run_layers(x, run_lengths, backend)
+        if self._projected_first_layer(ids.size, backend):
+            # ids -> rows of the first layer's input projection of the whole
+            # embedding, computed once: no (B, T, E) gather, no per-call GEMM
+            B, T_run = ids.shape
+            ids64 = np.ascontiguousarray(ids, dtype=np.int64)
+            L64 = np.full(B, T_run, dtype=np.int64) if run_lengths is None else run_lengths.astype(np.int64)
+            out, _ = self._layers[0]._run_embedded(self._embedding, ids64, L64)
+            out = self._run_layers(out, run_lengths, backend, start=1)
+        else:
+            out = self._run_layers(self._embedding[ids], run_lengths, backend)
         pooled = self._pool(np.asarray(out), L, T)
         with np.errstate(invalid="ignore", over="ignore"):
             return pooled * inverse_norms(pooled)[:, None]

@@ -34,7 +34,9 @@ They return new arrays: ``out`` (T, B, H), zero wherever ``t >= lengths[b]``,
 and the final states (B, H).  The compiled kernel for ``be == "cpp"`` is reached
 differently: ``_Prepared.core_layer`` builds a ``_core.RnnLayer`` once per
 layer and direction (weights permuted for the fused gate epilogue and packed
-for the GEMM engine), and ``_run_cpp_direction`` runs it.
+for the GEMM engine), and ``_forward_cpp`` runs the layers in the caller's
+layout (batch- or time-major), each direction writing its columns of one
+output array.
 """
 
 from __future__ import annotations
@@ -185,19 +187,7 @@ def _check_weights(kind, W_ih, W_hh, b_ih, b_hh, *, dtype=None, input_size=None,
 # --------------------------------------------------------------------------- stacked driver
 
 
-def _run_cpp_direction(kind, seq, p: _Prepared, states, lengths, reverse, relu):
-    T, B, _ = seq.shape
-    H = p.w_hh_t.shape[0]
-    out = np.zeros((T, B, H), dtype=seq.dtype)
-    h = np.array(states[0], dtype=seq.dtype, order="C")
-    c = np.array(states[1], dtype=seq.dtype, order="C") if kind == "lstm" else None
-    p.core_layer(relu).run(seq, B, T, False, lengths, reverse, h, c, out, H, 0)
-    return (out, h, c) if kind == "lstm" else (out, h)
-
-
 def _run_direction(kind, be, seq, p: _Prepared, states, lengths, reverse, relu):
-    if be == "cpp":
-        return _run_cpp_direction(kind, seq, p, states, lengths, reverse, relu)
     if kind == "lstm":
         return _run_lstm_layer(be, seq, p.w_ih_t, p.w_hh_t, p.bias, states[0], states[1], lengths, reverse)
     if kind == "gru":
@@ -229,6 +219,49 @@ def _forward(kind, be, x_tm, cells, initial, lengths, *, relu=False):
             for f, value in zip(finals, last):
                 f[k] = value
         seq = outs[0] if num_dirs == 1 else np.concatenate(outs, axis=2)
+    return seq, finals
+
+
+def _forward_cpp(kind, x, batch_first, cells, initial, lengths, *, relu=False, ids=None, embedding=None):
+    """The compiled layers, in the caller's layout: no time-major copies.
+
+    ``x`` (B, T, D) when ``batch_first`` else (T, B, D), C-contiguous; each
+    direction writes its H columns of one output array of the same layout (so
+    a bidirectional layer needs no concatenation).  With ``ids`` (B, T) int64
+    (batch-major) and ``embedding`` (V, D) instead of ``x``, layer 0 reads the
+    rows of its projected embedding table picked by the ids (see
+    ``_core.RnnLayer.set_input_table``).  Returns ``(outputs, finals)`` as
+    :func:`_forward` does, outputs in the input's layout.
+    """
+    if ids is not None:
+        B, T = ids.shape
+    else:
+        T, B = (x.shape[1], x.shape[0]) if batch_first else x.shape[:2]
+    num_dirs = len(cells[0])
+    H = cells[0][0].w_hh_t.shape[0]
+    dt = initial[0].dtype
+    shape = (B, T, num_dirs * H) if batch_first else (T, B, num_dirs * H)
+    if T == 0 or B == 0:
+        return np.zeros(shape, dtype=dt), [s.copy() for s in initial]
+    finals = [np.empty_like(s) for s in initial]
+    seq = x
+    for layer, directions in enumerate(cells):
+        out = np.zeros(shape, dtype=dt)
+        for d, p in enumerate(directions):
+            k = layer * num_dirs + d
+            core = p.core_layer(relu)
+            h = np.array(initial[0][k], dtype=dt, order="C")
+            c = np.array(initial[1][k], dtype=dt, order="C") if kind == "lstm" else None
+            if layer == 0 and ids is not None:
+                if core.input_table_source is not embedding:
+                    core.set_input_table(embedding)
+                core.run_ids(ids, B, T, lengths, d == 1, h, c, out, num_dirs * H, d * H)
+            else:
+                core.run(seq, B, T, batch_first, lengths, d == 1, h, c, out, num_dirs * H, d * H)
+            finals[0][k] = h
+            if c is not None:
+                finals[1][k] = c
+        seq = out
     return seq, finals
 
 
@@ -277,6 +310,9 @@ def _functional(kind, x, W_ih, W_hh, b_ih, b_hh, states, lengths, batch_first, b
     lengths = _lengths_or_full(lengths, B, T)
     be = _backend.resolve(backend, _SUPPORTED)
     cells = [[_Prepared(kind, *(a.astype(dt, copy=False) for a in (W_ih, W_hh, b_ih, b_hh)))]]
+    if be == "cpp":
+        out, finals = _forward_cpp(kind, _kernel_array(x, dt), batch_first, cells, initial, lengths, relu=relu)
+        return out, [f[0] for f in finals]
     out, finals = _forward(kind, be, _to_time_major(x, batch_first, dt), cells, initial, lengths, relu=relu)
     return _from_time_major(out, batch_first), [f[0] for f in finals]
 
@@ -668,9 +704,25 @@ class _Recurrent:
         initial = self._initial_states(initial_state, B)
         lengths = _lengths_or_full(lengths, B, T)
         be = _backend.resolve(backend, _SUPPORTED)
+        if be == "cpp":
+            x = _kernel_array(x, self.dtype)
+            return _forward_cpp(self._KIND, x, self.batch_first, self._cells, initial, lengths, relu=self._relu())
         x_tm = _to_time_major(x, self.batch_first, self.dtype)
         out, finals = _forward(self._KIND, be, x_tm, self._cells, initial, lengths, relu=self._relu())
         return _from_time_major(out, self.batch_first), finals
+
+    def _run_embedded(self, embedding, ids, lengths):
+        """cpp only: run over token ids, layer 0 reading its projected ``embedding`` rows.
+
+        ``embedding`` (V, input_size) C-contiguous in the layer's dtype (the
+        table is cached by identity of this array: it must not change);
+        ``ids`` (B, T) int64 C-contiguous within 0..V-1; ``lengths`` int64 (B,)
+        within 1..T.  Zero initial states.  Returns ``(out (B, T, F), finals)``.
+        """
+        initial = self._initial_states(None, ids.shape[0])
+        return _forward_cpp(
+            self._KIND, None, True, self._cells, initial, lengths, relu=self._relu(), ids=ids, embedding=embedding
+        )
 
     def _relu(self):
         return False

@@ -33,6 +33,12 @@ struct TypedKernels {
   void (*rnn_destroy)(void* weights);
   void (*rnn_run)(const void* weights, const T* x, index_t B, index_t T_len, index_t row_b, index_t row_t,
                   const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off);
+  // Input projection of `rows` rows of D features (bias included), cols = rnn_cols values each.
+  void (*rnn_project)(const void* weights, const T* x, index_t rows, T* xw);
+  index_t (*rnn_cols)(const void* weights);
+  // Steps over rows of a projected table: step t of row i reads row ids[i * T_len + t].
+  void (*rnn_run_ids)(const void* weights, const T* table, const int64_t* ids, index_t B, index_t T_len,
+                      const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off);
 };
 
 struct KernelTable {

@@ -1,13 +1,16 @@
 // Recurrent forward passes (LSTM, GRU, vanilla RNN) on the GEMM engine.
 //
 // One direction of one layer at a time.
-//  LSTM and RNN: per step, one GEMM multiplies the staged row [x_t | h_{t-1}]
-//     by [W_ih | W_hh] (packed once at construction, K = D + H), and its
-//     epilogue adds the bias, applies the gates and updates the state while
-//     the tile is in registers; no projection buffer exists.
-//  GRU: its n gate needs the input and recurrent parts apart, so one GEMM
-//     projects every time step at once (XW = X W_ih^T + b_ih), and per step
-//     the recurrent GEMM h_{t-1} W_hh^T + b_hh is followed by the gate pass.
+//  Input projection: one GEMM projects every time step at once
+//     (XW = X W_ih^T + bias), or, for the Siamese encoder, every row of the
+//     embedding table once (rnn_direction_ids then picks rows by token id).
+//  LSTM and RNN: per step, one GEMM h_{t-1} W_hh^T whose epilogue adds the
+//     step's XW row, applies the gates and updates the state while the tile
+//     is in registers.  When XW would pass kProjectBytes the step GEMM
+//     multiplies the staged row [x_t | h_{t-1}] by [W_ih | W_hh] (K = D + H)
+//     instead, and no projection buffer exists.
+//  GRU: its n gate needs the input and recurrent parts apart: per step the
+//     recurrent GEMM h_{t-1} W_hh^T + b_hh is followed by the gate pass.
 //
 // LSTM fusion: the rows of W_ih and W_hh are permuted so that every NR-wide
 // micro-panel holds the four gates (i, f, g, o) of G = NR / 4 hidden units;
@@ -40,7 +43,7 @@ struct RnnWeights {
   Cell cell = Cell::LSTM;
   index_t D = 0, H = 0;
   index_t cols = 0;        // columns of XW and of the recurrent GEMM (permuted/padded for LSTM)
-  PackedB<T> w_ih, w_hh;  // GRU
+  PackedB<T> w_ih, w_hh;  // W_ih (cols x D) and W_hh (cols x H), permuted like the columns
   PackedB<T> w_cat;       // LSTM and RNN: [W_ih | W_hh], K = D + H
   std::vector<T> bias_x;   // added to XW (b_ih, plus b_hh where it can be folded)
   std::vector<T> bias_h;   // GRU only: b_hh, added to the recurrent part before r multiplies it
@@ -83,10 +86,12 @@ struct RnnWeights {
         bias_x[p] = bi + bh;
       }
     }
-    if (c == Cell::GRU) {
-      w_ih.pack(wi.data(), D, cols, D);
-      w_hh.pack(wh.data(), H, cols, H);
-    } else {
+    // Every cell keeps W_ih and W_hh packed apart: the input projection of
+    // all steps (or of a whole embedding table) is one GEMM on W_ih, and the
+    // steps then multiply h by W_hh alone.
+    w_ih.pack(wi.data(), D, cols, D);
+    w_hh.pack(wh.data(), H, cols, H);
+    if (c != Cell::GRU) {
       const index_t K = D + H;
       std::vector<T> cat(static_cast<std::size_t>(cols * K));
       for (index_t p = 0; p < cols; ++p) {
@@ -134,6 +139,21 @@ struct StepContext {
   T* c;                   // B x H (LSTM), updated in place
   T* out;                 // output rows of out_ld values
   index_t out_ld, out_off;
+  // Per batch row: its precomputed input projection for this step (bias
+  // included, cols values), or null when the GEMM itself multiplies x_t and
+  // only the bias is added.
+  const T* const* xrow;
+  index_t rows;  // B: rows of xrow
+  const T* addend(index_t i) const { return xrow ? xrow[i] : bias; }
+  // The projection rows are scattered (table rows picked by token ids, or
+  // rows of a large XW): ask for the same columns of the row one micro-panel
+  // ahead, which the next pass over these columns will read.
+  template <int MR, int NR>
+  void prefetch_ahead(index_t i, index_t j0) const {
+    if (!xrow || i + MR >= rows) return;
+    const char* p = reinterpret_cast<const char*>(xrow[i + MR] + j0);
+    for (int b = 0; b < NR * static_cast<int>(sizeof(T)); b += 64) __builtin_prefetch(p + b, 0, 2);
+  }
 };
 
 template <class T>
@@ -165,9 +185,11 @@ struct LstmStepEpilogue {
         for (int u = 0; u < units; ++u) ctx.h_next[i * ctx.ld_h + u0 + u] = ctx.h_prev[i * ctx.ld_h + u0 + u];
         continue;
       }
+      ctx.template prefetch_ahead<MR, NR>(i, j0);
       alignas(64) T gate[NR];
+      const T* add = ctx.addend(i) + j0;
       for (int v = 0; v < NV; ++v) {
-        const V pre = (acc[r][v] + load<V>(ctx.bias + j0 + v * L)) * scale[v];
+        const V pre = (acc[r][v] + load<V>(add + v * L)) * scale[v];
         store(gate + v * L, vsigmoid<T>(pre) * scale[v] + shift[v]);
       }
       VG ig, fg, gg, og, cv;
@@ -220,7 +242,8 @@ struct RnnStepEpilogue {
       }
       const index_t row = i * ctx.row_b + t * ctx.row_t;
       const index_t H = ctx.H;
-      const T* bias = ctx.bias + j0;
+      ctx.template prefetch_ahead<MR, NR>(i, j0);
+      const T* bias = ctx.addend(i) + j0;
       for (int v = 0; v < NV; ++v) {
         V pre = acc[r][v];
         if (j0 + (v + 1) * L <= H) {
@@ -242,23 +265,56 @@ struct RnnStepEpilogue {
   }
 };
 
-// Run one direction of one layer.
-//   x        : rows of D features; row of (i, t) = i * row_b + t * row_t
-//   lengths  : B entries in 1..T, or null (all T)
-//   h, c     : B x H initial states in, final states out (c: LSTM only)
-//   out      : rows of out_ld features, written at columns out_off .. out_off + H
+// XW[r, :] = X[r, :] W_ih^T + bias_x for `rows` rows of D features: the input
+// projection of every time step (or of every row of an embedding table) at once.
 template <class T>
-void rnn_direction(const RnnWeights<T>& w, const T* x, index_t B, index_t T_len, index_t row_b, index_t row_t,
-                   const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off) {
-  const index_t H = w.H, D = w.D, cols = w.cols, N = B * T_len;
+void rnn_input_projection(const RnnWeights<T>& w, const T* x, index_t rows, T* xw) {
+  if (rows <= 0) return;
+  if (w.D == 0) {
+    for (index_t r = 0; r < rows; ++r) std::copy(w.bias_x.begin(), w.bias_x.end(), xw + r * w.cols);
+    return;
+  }
+  BiasStoreEpilogue<T> ep{xw, w.cols, w.bias_x.data()};
+  gemm_nt<T>(x, w.D, nullptr, 0, rows, w.cols, w.D, ep, GemmOptions{}, &w.w_ih);
+}
+
+// Where the input of step t of batch row i comes from.
+//   x != null   : row (i, t) of x, D features, multiplied inside the step GEMM
+//                 ([x_t | h] times [W_ih | W_hh]; LSTM and RNN only)
+//   pre != null : a precomputed projection row of cols values, bias included:
+//                 pre + ids[i * ids_ld + t] * cols when ids is given (rows of
+//                 a projected embedding table), else pre + (i*row_b + t*row_t) * cols
+template <class T>
+struct StepInput {
+  const T* x = nullptr;
+  const T* pre = nullptr;
+  const int64_t* ids = nullptr;
+  index_t ids_ld = 0;
+};
+
+// Run one direction of one layer from a given step input.
+//   row_b, row_t : row of (i, t) = i * row_b + t * row_t, for x or pre and for out
+//   lengths      : B entries in 1..T, or null (all T)
+//   h, c         : B x H initial states in, final states out (c: LSTM only)
+//   out          : rows of out_ld features, written at columns out_off .. out_off + H
+template <class T>
+void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_t T_len, index_t row_b, index_t row_t,
+               const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off) {
+  const index_t H = w.H, cols = w.cols;
   if (B <= 0 || T_len <= 0) return;
   std::vector<index_t> t_of(static_cast<std::size_t>(B));
+  std::vector<const T*> xrow(static_cast<std::size_t>(B), nullptr);
   auto plan_step = [&](index_t s) {
     bool any = false;
     for (index_t i = 0; i < B; ++i) {
       const index_t len = lengths ? static_cast<index_t>(lengths[i]) : T_len;
-      t_of[i] = s < len ? (reverse ? len - 1 - s : s) : -1;
-      any |= t_of[i] >= 0;
+      const index_t t = s < len ? (reverse ? len - 1 - s : s) : -1;
+      t_of[i] = t;
+      if (t >= 0 && in.pre) {
+        const index_t r = in.ids ? static_cast<index_t>(in.ids[i * in.ids_ld + t]) : i * row_b + t * row_t;
+        xrow[i] = in.pre + r * cols;
+      }
+      any |= t >= 0;
     }
     return any;
   };
@@ -270,40 +326,42 @@ void rnn_direction(const RnnWeights<T>& w, const T* x, index_t B, index_t T_len,
   opt.split = Split::Cols;
 
   if (w.cell != Cell::GRU) {
-    // Two staging buffers of B rows [x_t | h]; the epilogue writes h_t into the other one.
-    const index_t K = D + H;
+    // Two staging buffers of B rows [x_t | h] (or [h] alone when the input
+    // projection is precomputed); the epilogue writes h_t into the other one.
+    const index_t Dx = in.x ? w.D : 0;
+    const index_t K = Dx + H;
+    const PackedB<T>& wp = in.x ? w.w_cat : w.w_hh;
     T* stage = scratch<T>(kScratchKernel, static_cast<std::size_t>(2 * B * K));
     T* cur = stage;
     T* nxt = stage + B * K;
     std::fill(stage, stage + 2 * B * K, T(0));
-    for (index_t i = 0; i < B; ++i) std::copy(h + i * H, h + (i + 1) * H, cur + i * K + D);
+    for (index_t i = 0; i < B; ++i) std::copy(h + i * H, h + (i + 1) * H, cur + i * K + Dx);
     for (index_t s = 0; s < T_len; ++s) {
       if (!plan_step(s)) break;  // every sequence has ended: the states are final
-      for (index_t i = 0; i < B; ++i)
-        if (t_of[i] >= 0) {
-          const T* xr = x + (i * row_b + t_of[i] * row_t) * D;
-          std::copy(xr, xr + D, cur + i * K);
-        }
-      StepContext<T> ctx{w.bias_x.data(), H, t_of.data(), row_b, row_t, cur + D, nxt + D, K, c, out, out_ld, out_off};
+      if (in.x)
+        for (index_t i = 0; i < B; ++i)
+          if (t_of[i] >= 0) {
+            const T* xr = in.x + (i * row_b + t_of[i] * row_t) * Dx;
+            std::copy(xr, xr + Dx, cur + i * K);
+          }
+      StepContext<T> ctx{w.bias_x.data(), H,   t_of.data(), row_b,  row_t,   cur + Dx,
+                         nxt + Dx,        K,   c,           out,    out_ld,  out_off,
+                         in.x ? nullptr : xrow.data(), B};
       if (w.cell == Cell::LSTM) {
         LstmStepEpilogue<T> ep{ctx};
-        gemm_nt<T>(cur, K, nullptr, 0, B, cols, K, ep, opt, &w.w_cat);
+        gemm_nt<T>(cur, K, nullptr, 0, B, cols, K, ep, opt, &wp);
       } else {
         RnnStepEpilogue<T> ep{ctx, w.cell == Cell::RNN_RELU};
-        gemm_nt<T>(cur, K, nullptr, 0, B, cols, K, ep, opt, &w.w_cat);
+        gemm_nt<T>(cur, K, nullptr, 0, B, cols, K, ep, opt, &wp);
       }
       std::swap(cur, nxt);
     }
-    for (index_t i = 0; i < B; ++i) std::copy(cur + i * K + D, cur + i * K + D + H, h + i * H);
+    for (index_t i = 0; i < B; ++i) std::copy(cur + i * K + Dx, cur + i * K + Dx + H, h + i * H);
     return;
   }
 
-  // GRU: all input projections at once (rows in X's own order), then per step.
-  T* xw = scratch<T>(kScratchKernel, static_cast<std::size_t>(N * cols));
-  {
-    BiasStoreEpilogue<T> ep{xw, cols, w.bias_x.data()};
-    gemm_nt<T>(x, D, nullptr, 0, N, cols, D, ep, GemmOptions{}, &w.w_ih);
-  }
+  // GRU: per step the recurrent GEMM h W_hh^T + b_hh, then the gate pass
+  // against the precomputed input projection.
   std::vector<T> hbuf(static_cast<std::size_t>(B * H));
   std::vector<T> hh(static_cast<std::size_t>(B * cols));
   T* h_prev = h;
@@ -324,7 +382,7 @@ void rnn_direction(const RnnWeights<T>& w, const T* x, index_t B, index_t T_len,
         continue;
       }
       const index_t row = i * row_b + t * row_t;
-      const T* xr = xw + row * cols;
+      const T* xr = xrow[i];
       const T* hr = hh.data() + i * cols;
       T* o = out + row * out_ld + out_off;
       index_t u = 0;
@@ -349,6 +407,56 @@ void rnn_direction(const RnnWeights<T>& w, const T* x, index_t B, index_t T_len,
     std::swap(h_prev, h_next);
   }
   if (h_prev != h) std::copy(h_prev, h_prev + B * H, h);
+}
+
+// Whether an LSTM/RNN direction projects all steps' inputs in one GEMM first
+// (XW, then K = H per step) rather than multiplying [x_t | h] per step.  The
+// projection reads W_ih once instead of once per step, which is what a step
+// of a small batch is bound by (B = 1: twice as fast); for large batches the
+// two are equal.  XW lives in per-thread scratch, so it is only used up to
+// kProjectBytes; beyond, the steps multiply [x_t | h] and need no buffer.
+// FASTSIM_RNN_PROJECT=0 or 1 forces either way (the tests run both).
+inline constexpr std::size_t kProjectBytes = std::size_t(256) << 20;
+
+template <class T>
+inline bool project_inputs_first(const RnnWeights<T>& w, index_t B, index_t T_len) {
+  if (w.cell == Cell::GRU) return true;  // its n gate needs the input part apart
+  if (const char* e = std::getenv("FASTSIM_RNN_PROJECT")) {
+    if (e[0] == '0') return false;
+    if (e[0] == '1') return true;
+  }
+  const double bytes = static_cast<double>(B) * static_cast<double>(T_len) * static_cast<double>(w.cols) * sizeof(T);
+  return bytes <= static_cast<double>(kProjectBytes);
+}
+
+// Run one direction of one layer over x (rows of D features, row of (i, t) =
+// i * row_b + t * row_t); see rnn_steps for the other arguments.
+template <class T>
+void rnn_direction(const RnnWeights<T>& w, const T* x, index_t B, index_t T_len, index_t row_b, index_t row_t,
+                   const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off) {
+  if (B <= 0 || T_len <= 0) return;
+  StepInput<T> in;
+  if (project_inputs_first(w, B, T_len)) {
+    T* xw = scratch<T>(kScratchInput, static_cast<std::size_t>(B * T_len * w.cols));
+    rnn_input_projection(w, x, B * T_len, xw);
+    in.pre = xw;
+  } else {
+    in.x = x;
+  }
+  rnn_steps(w, in, B, T_len, row_b, row_t, lengths, reverse, h, c, out, out_ld, out_off);
+}
+
+// Run one direction of one layer whose inputs are rows of a projected table
+// (rnn_input_projection of an embedding): step t of batch row i reads row
+// ids[i * T_len + t] of `table`.  Outputs are batch-major (row i * T_len + t).
+template <class T>
+void rnn_direction_ids(const RnnWeights<T>& w, const T* table, const int64_t* ids, index_t B, index_t T_len,
+                       const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off) {
+  StepInput<T> in;
+  in.pre = table;
+  in.ids = ids;
+  in.ids_ld = T_len;
+  rnn_steps(w, in, B, T_len, T_len, 1, lengths, reverse, h, c, out, out_ld, out_off);
 }
 
 }  // namespace FASTSIM_LEVEL
