@@ -866,7 +866,8 @@ void fuzz_rnn(Bytes& in, const Op& op) {
                              p.has_bhh ? p.b_hh.data() : nullptr, p.D, p.H);
       const index_t row_b = p.batch_first ? p.T_len : 1, row_t = p.batch_first ? 1 : p.B;
       K.rnn_run(w, p.x.data(), p.B, p.T_len, row_b, row_t, p.has_lengths ? p.lengths.data() : nullptr, p.reverse,
-                r.h.data(), p.cell == 0 ? r.c.data() : nullptr, r.out.data(), p.out_ld, p.out_off);
+                r.h.data(), p.cell == 0 ? r.c.data() : nullptr, r.out.data(), p.out_ld, p.out_off, nullptr, 0,
+                nullptr);
       K.rnn_destroy(w);
     });
     return r;

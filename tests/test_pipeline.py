@@ -605,6 +605,52 @@ def test_input_table_binding_checks_its_arguments():
     assert layer.input_table_source is None
 
 
+@needs_cpp
+@pytest.mark.parametrize("cell", [0, 1, 2, 3], ids=["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_pooled_sums_equal_the_sums_of_the_outputs(cell):
+    core = fastsim._backend.core()
+    rng = np.random.default_rng(cell)
+    G = {0: 4, 1: 3}.get(cell, 1)
+    B, T, D, H = 5, 6, 3, 21
+    layer = core.RnnLayer(cell, rng.standard_normal((G * H, D)), rng.standard_normal((G * H, H)), rng.standard_normal(G * H), None)
+    x = rng.standard_normal((B, T, D))
+    lengths = np.array([6, 2, 4, 1, 6])
+    until = np.array([6, 1, 3, 0, 5])  # any count: steps t < until[i] are summed
+    h0 = rng.standard_normal((B, H))
+    c0 = rng.standard_normal((B, H)) if cell == 0 else None
+
+    def run(out, pool):
+        h = h0.copy()
+        c = None if c0 is None else c0.copy()
+        layer.run(x, B, T, True, lengths, False, h, c, out, 2 * H + 1, H, pool, None if pool is None else until)
+        return h, c
+
+    out = np.zeros((B * T, 2 * H + 1))
+    want_h, want_c = run(out, None)
+    seq = out.reshape(B, T, -1)[:, :, H : 2 * H]
+    mask = np.arange(T)[None, :] < until[:, None]
+    want = np.einsum("bth,bt->bh", seq, mask.astype(float))
+    for with_out in (True, False):
+        pool = np.full((B, 2 * H + 1), 0.5)
+        out2 = np.zeros_like(out) if with_out else None
+        h, c = run(out2, pool)
+        np.testing.assert_allclose(pool[:, H : 2 * H], 0.5 + want, rtol=0, atol=1e-13)
+        assert np.all(pool[:, :H] == 0.5) and np.all(pool[:, 2 * H :] == 0.5)  # other columns untouched
+        np.testing.assert_array_equal(h, want_h)
+        if with_out:
+            np.testing.assert_array_equal(out2, out)
+    h = h0.copy()
+    c = None if c0 is None else c0.copy()
+    with pytest.raises(ValueError, match="only when pool"):
+        layer.run(x, B, T, True, lengths, False, h, c, None, H, 0)
+    with pytest.raises(ValueError, match="pool must have B rows"):
+        layer.run(x, B, T, True, lengths, False, h, c, None, H, 0, np.zeros((B, H - 1)), until)
+    with pytest.raises(ValueError, match="pool_until"):
+        layer.run(x, B, T, True, lengths, False, h, c, None, H, 0, np.zeros((B, H)), until[:3].copy())
+    with pytest.raises(TypeError, match="pool"):
+        layer.run(x, B, T, True, lengths, False, h, c, None, H, 0, np.zeros((B, H), dtype=np.float32), until)
+
+
 @needs_rnn
 def test_from_torch_reads_embedding_and_weights():
     torch = pytest.importorskip("torch")

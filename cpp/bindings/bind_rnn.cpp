@@ -33,20 +33,22 @@ class RnnLayerT {
   RnnLayerT& operator=(const RnnLayerT&) = delete;
 
   void run(py::array x, index_t B, index_t T_len, index_t row_b, index_t row_t, py::object lengths, bool reverse,
-           py::array h, py::object c, py::array out, index_t out_ld, index_t out_off) {
+           py::array h, py::object c, py::object out, index_t out_ld, index_t out_off, py::object pool,
+           py::object pool_until) {
     if (table_ != &kernels()) pack();  // the SIMD level changed since the weights were packed
     require_same_dtype(x, dtype(), "x");
     require_c_contiguous(x, "x");
     if (!((row_b == T_len && row_t == 1) || (row_b == 1 && row_t == B)))
       throw std::invalid_argument("rows must be batch-major or time-major");
-    State st = state(B, T_len, lengths, h, c, out, out_ld, out_off);
+    State st = state(B, T_len, lengths, h, c, out, out_ld, out_off, pool, pool_until);
     if (x.size() != checked_mul(checked_mul(B, T_len), D_))
       throw std::invalid_argument("x does not hold B * T rows of D features");
     const T* px = cptr<T>(x);
     auto run_fn = typed().rnn_run;
     void* handle = handle_;
     py::gil_scoped_release release;  // arrays are held by this frame and by the layer
-    run_fn(handle, px, B, T_len, row_b, row_t, st.lengths, reverse, st.h, st.c, st.out, out_ld, out_off);
+    run_fn(handle, px, B, T_len, row_b, row_t, st.lengths, reverse, st.h, st.c, st.out, out_ld, out_off, st.pool,
+           st.pool_ld, st.pool_until);
   }
 
   // Precompute the input projection of every row of `embedding` (V, D), bias
@@ -72,12 +74,12 @@ class RnnLayerT {
   py::object input_table_source() const { return embedding_; }
 
   void run_ids(py::array ids, index_t B, index_t T_len, py::object lengths, bool reverse, py::array h, py::object c,
-               py::array out, index_t out_ld, index_t out_off) {
+               py::object out, index_t out_ld, index_t out_off, py::object pool, py::object pool_until) {
     if (embedding_.is_none()) throw std::invalid_argument("no input table: call set_input_table first");
     if (table_ != &kernels()) pack();  // repacks and reprojects the table
     require_c_contiguous(ids, "ids");
     if (!ids.dtype().equal(py::dtype::of<int64_t>())) throw py::type_error("ids must be int64");
-    State st = state(B, T_len, lengths, h, c, out, out_ld, out_off);
+    State st = state(B, T_len, lengths, h, c, out, out_ld, out_off, pool, pool_until);
     if (ids.size() != checked_mul(B, T_len)) throw std::invalid_argument("ids must hold B x T token ids");
     const int64_t* pid = cptr<int64_t>(ids);
     const index_t V = py::array(embedding_).shape(0);
@@ -87,7 +89,8 @@ class RnnLayerT {
     void* handle = handle_;
     const T* table = input_.data();
     py::gil_scoped_release release;
-    run_fn(handle, table, pid, B, T_len, st.lengths, reverse, st.h, st.c, st.out, out_ld, out_off);
+    run_fn(handle, table, pid, B, T_len, st.lengths, reverse, st.h, st.c, st.out, out_ld, out_off, st.pool, st.pool_ld,
+           st.pool_until);
   }
 
   index_t input_size() const { return D_; }
@@ -120,32 +123,61 @@ class RnnLayerT {
   }
 
   struct State {
-    const int64_t* lengths;
-    T* h;
-    T* c;
-    T* out;
-    py::array len_arr, c_arr;  // keep converted arrays alive
+    const int64_t* lengths = nullptr;
+    T* h = nullptr;
+    T* c = nullptr;
+    T* out = nullptr;
+    T* pool = nullptr;
+    index_t pool_ld = 0;
+    const int64_t* pool_until = nullptr;
+    py::array len_arr, c_arr, out_arr, pool_arr, until_arr;  // keep converted arrays alive
   };
   static DType dtype() { return std::is_same<T, float>::value ? DType::F32 : DType::F64; }
 
-  // Checks shared by run and run_ids: states, lengths and the output rows.
-  State state(index_t B, index_t T_len, py::object lengths, py::array h, py::object c, py::array out, index_t out_ld,
-              index_t out_off) {
+  // Checks shared by run and run_ids: states, lengths, the output rows and the pooled sums.
+  State state(index_t B, index_t T_len, py::object lengths, py::array h, py::object c, py::object out, index_t out_ld,
+              index_t out_off, py::object pool, py::object pool_until) {
     const DType t = dtype();
     require_same_dtype(h, t, "h");
-    require_same_dtype(out, t, "out");
     require_c_contiguous(h, "h");
-    require_c_contiguous(out, "out");
     require_writeable(h, "h");
-    require_writeable(out, "out");
     if (B < 0 || T_len < 0 || out_ld < 0) throw std::invalid_argument("B, T and out_ld must be >= 0");
     // Sizes in elements, refused rather than wrapped when they overflow (a
     // wrapped product could match an empty array and let B through).
     const index_t rows = checked_mul(B, T_len);
     if (h.size() != checked_mul(B, H_)) throw std::invalid_argument("h must hold B x H values");
-    if (out.size() != checked_mul(rows, out_ld) || out_off < 0 || out_off > out_ld - H_)
-      throw std::invalid_argument("out does not hold B * T rows of out_ld features");
-    State st{nullptr, mptr<T>(h), nullptr, mptr<T>(out), py::array(), py::array()};
+    State st;
+    st.h = mptr<T>(h);
+    if (out.is_none() && pool.is_none()) throw std::invalid_argument("out may be None only when pool is given");
+    if (!out.is_none()) {
+      if (!py::isinstance<py::array>(out)) throw py::type_error("out must be a numpy array");
+      st.out_arr = py::array(out);
+      require_same_dtype(st.out_arr, t, "out");
+      require_c_contiguous(st.out_arr, "out");
+      require_writeable(st.out_arr, "out");
+      if (st.out_arr.size() != checked_mul(rows, out_ld) || out_off < 0 || out_off > out_ld - H_)
+        throw std::invalid_argument("out does not hold B * T rows of out_ld features");
+      st.out = mptr<T>(st.out_arr);
+    }
+    if (!pool.is_none()) {
+      // written in place: a list would be converted to a copy and the sums lost
+      if (!py::isinstance<py::array>(pool)) throw py::type_error("pool must be a numpy array");
+      st.pool_arr = py::array(pool);
+      require_same_dtype(st.pool_arr, t, "pool");
+      require_ndim(st.pool_arr, 2, "pool");
+      require_c_contiguous(st.pool_arr, "pool");
+      require_writeable(st.pool_arr, "pool");
+      st.pool_ld = st.pool_arr.shape(1);
+      if (st.pool_arr.shape(0) != B || out_off < 0 || out_off > st.pool_ld - H_)
+        throw std::invalid_argument("pool must have B rows holding columns out_off .. out_off + H");
+      if (pool_until.is_none()) throw std::invalid_argument("pool needs pool_until");
+      st.until_arr = py::array(pool_until);
+      require_c_contiguous(st.until_arr, "pool_until");
+      if (!st.until_arr.dtype().equal(py::dtype::of<int64_t>()) || st.until_arr.size() != B)
+        throw std::invalid_argument("pool_until must be int64 of shape (B,)");
+      st.pool = mptr<T>(st.pool_arr);
+      st.pool_until = cptr<int64_t>(st.until_arr);
+    }
     if (!lengths.is_none()) {
       st.len_arr = py::array(lengths);
       require_c_contiguous(st.len_arr, "lengths");
@@ -218,12 +250,12 @@ class RnnLayer {
       f_ = std::make_unique<RnnLayerT<float>>(cell, W_ih, W_hh, b_ih, b_hh);
   }
   void run(py::array x, index_t B, index_t T_len, bool batch_first, py::object lengths, bool reverse, py::array h,
-           py::object c, py::array out, index_t out_ld, index_t out_off) {
+           py::object c, py::object out, index_t out_ld, index_t out_off, py::object pool, py::object pool_until) {
     const index_t row_b = batch_first ? T_len : 1, row_t = batch_first ? 1 : B;
     if (f64_)
-      d_->run(x, B, T_len, row_b, row_t, lengths, reverse, h, c, out, out_ld, out_off);
+      d_->run(x, B, T_len, row_b, row_t, lengths, reverse, h, c, out, out_ld, out_off, pool, pool_until);
     else
-      f_->run(x, B, T_len, row_b, row_t, lengths, reverse, h, c, out, out_ld, out_off);
+      f_->run(x, B, T_len, row_b, row_t, lengths, reverse, h, c, out, out_ld, out_off, pool, pool_until);
   }
   void set_input_table(py::object embedding) {
     if (f64_)
@@ -233,11 +265,11 @@ class RnnLayer {
   }
   py::object input_table_source() const { return f64_ ? d_->input_table_source() : f_->input_table_source(); }
   void run_ids(py::array ids, index_t B, index_t T_len, py::object lengths, bool reverse, py::array h, py::object c,
-               py::array out, index_t out_ld, index_t out_off) {
+               py::object out, index_t out_ld, index_t out_off, py::object pool, py::object pool_until) {
     if (f64_)
-      d_->run_ids(ids, B, T_len, lengths, reverse, h, c, out, out_ld, out_off);
+      d_->run_ids(ids, B, T_len, lengths, reverse, h, c, out, out_ld, out_off, pool, pool_until);
     else
-      f_->run_ids(ids, B, T_len, lengths, reverse, h, c, out, out_ld, out_off);
+      f_->run_ids(ids, B, T_len, lengths, reverse, h, c, out, out_ld, out_off, pool, pool_until);
   }
   bool is_f64() const { return f64_; }
 
@@ -255,17 +287,20 @@ void bind_rnn(py::module_& m) {
       .def(py::init<int, py::array, py::array, py::object, py::object>(), py::arg("cell"), py::arg("W_ih"),
            py::arg("W_hh"), py::arg("b_ih").none(true), py::arg("b_hh").none(true))
       .def("run", &RnnLayer::run, py::arg("x"), py::arg("B"), py::arg("T"), py::arg("batch_first"),
-           py::arg("lengths").none(true), py::arg("reverse"), py::arg("h"), py::arg("c").none(true), py::arg("out"),
-           py::arg("out_ld"), py::arg("out_off"),
+           py::arg("lengths").none(true), py::arg("reverse"), py::arg("h"), py::arg("c").none(true),
+           py::arg("out").none(true), py::arg("out_ld"), py::arg("out_off"), py::arg("pool") = py::none(),
+           py::arg("pool_until") = py::none(),
            "Run over x (B*T rows of D, batch- or time-major); h (and c) hold the initial state in and the final "
-           "state out; writes H columns of out starting at out_off (rows of out_ld).")
+           "state out; writes H columns of out starting at out_off (rows of out_ld).  With pool (B, F) and "
+           "pool_until (B,) int64, also adds h into pool[i, out_off:out_off + H] at the steps t < pool_until[i]; "
+           "out may then be None.")
       .def("set_input_table", &RnnLayer::set_input_table, py::arg("embedding").none(true),
            "Project every row of embedding (V, D) through W_ih (bias included) once, for run_ids; None drops it.")
       .def_property_readonly("input_table_source", &RnnLayer::input_table_source,
                              "The embedding the input table was projected from, or None.")
       .def("run_ids", &RnnLayer::run_ids, py::arg("ids"), py::arg("B"), py::arg("T"), py::arg("lengths").none(true),
-           py::arg("reverse"), py::arg("h"), py::arg("c").none(true), py::arg("out"), py::arg("out_ld"),
-           py::arg("out_off"),
+           py::arg("reverse"), py::arg("h"), py::arg("c").none(true), py::arg("out").none(true), py::arg("out_ld"),
+           py::arg("out_off"), py::arg("pool") = py::none(), py::arg("pool_until") = py::none(),
            "Run over token ids (B, T) int64, step t of row i reading row ids[i, t] of the input table; outputs "
            "batch-major (rows i * T + t of out_ld).")
       .def_property_readonly("is_f64", &RnnLayer::is_f64);

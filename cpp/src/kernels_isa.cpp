@@ -112,9 +112,10 @@ void rnn_destroy(void* w) {
 
 template <class T>
 void rnn_run(const void* w, const T* x, index_t B, index_t T_len, index_t row_b, index_t row_t, const int64_t* lengths,
-             bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off) {
+             bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off, T* pool, index_t pool_ld,
+             const int64_t* pool_until) {
   rnn_direction<T>(*static_cast<const RnnWeights<T>*>(w), x, B, T_len, row_b, row_t, lengths, reverse, h, c, out,
-                   out_ld, out_off);
+                   out_ld, out_off, Pooling<T>{pool, pool_ld, pool_until});
 }
 
 template <class T>
@@ -129,9 +130,10 @@ index_t rnn_cols(const void* w) {
 
 template <class T>
 void rnn_run_ids(const void* w, const T* table, const int64_t* ids, index_t B, index_t T_len, const int64_t* lengths,
-                 bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off) {
+                 bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off, T* pool, index_t pool_ld,
+                 const int64_t* pool_until) {
   rnn_direction_ids<T>(*static_cast<const RnnWeights<T>*>(w), table, ids, B, T_len, lengths, reverse, h, c, out,
-                       out_ld, out_off);
+                       out_ld, out_off, Pooling<T>{pool, pool_ld, pool_until});
 }
 
 template <class T>

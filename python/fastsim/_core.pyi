@@ -55,9 +55,11 @@ class RnnLayer:
         reverse: bool,
         h: npt.NDArray[np.floating],
         c: npt.NDArray[np.floating] | None,
-        out: npt.NDArray[np.floating],
+        out: npt.NDArray[np.floating] | None,
         out_ld: int,
         out_off: int,
+        pool: npt.NDArray[np.floating] | None = None,
+        pool_until: npt.NDArray[np.int64] | None = None,
     ) -> None: ...
     def set_input_table(self, embedding: npt.NDArray[np.floating] | None) -> None: ...
     @property
@@ -71,9 +73,11 @@ class RnnLayer:
         reverse: bool,
         h: npt.NDArray[np.floating],
         c: npt.NDArray[np.floating] | None,
-        out: npt.NDArray[np.floating],
+        out: npt.NDArray[np.floating] | None,
         out_ld: int,
         out_off: int,
+        pool: npt.NDArray[np.floating] | None = None,
+        pool_until: npt.NDArray[np.int64] | None = None,
     ) -> None: ...
     @property
     def is_f64(self) -> bool: ...

@@ -591,8 +591,8 @@ class SiameseEncoder:
                 raise ValueError(msg)
         return arr
 
-    def _run_layers(self, x, lengths, backend, start=0):
-        for layer in self._layers[start:]:
+    def _run_layers(self, x, lengths, backend):
+        for layer in self._layers:
             batch_first = getattr(layer, "batch_first", True)
             if batch_first:
                 x, _ = layer(x, lengths, backend=backend)
@@ -617,20 +617,43 @@ class SiameseEncoder:
             pooled[:, H:] = out[:, 0, H:]
         return pooled
 
-    def _projected_first_layer(self, tokens, backend):
-        """Whether the cpp backend runs the first layer from its projected embedding table.
+    def _compiled(self, backend):
+        """Whether the whole encoder runs through the compiled layers' own entry points."""
+        return _backend.resolve(backend) == "cpp" and all(hasattr(layer, "_run_embedded") for layer in self._layers)
 
-        The table (V rows of the first layer's input projection, per
-        direction) costs as much to build as projecting V tokens, so it is
-        built once the encoder has seen V tokens in total (then it is kept by
-        the layer and reused); a layer whose weights are replaced gets a new
-        table on its next use.
+    def _encode_compiled(self, ids, run_lengths, L, T):
+        """The cpp backend: the pooled (not yet normalized) vectors of one batch.
+
+        * The first layer reads rows of its input projection of the whole
+          embedding, picked by token id, once the encoder has seen V tokens in
+          total (building that table costs as much as projecting V tokens; the
+          layer keeps it, and a layer whose weights are replaced gets a new one).
+        * "mean" and "masked_mean" are summed inside the last layer's steps:
+          its (B, T, F) outputs are never stored.
         """
-        first = self._layers[0]
-        if not hasattr(first, "_run_embedded") or _backend.resolve(backend) != "cpp":
-            return False
-        self._tokens_encoded += tokens
-        return self._tokens_encoded >= self._embedding.shape[0]
+        B, T_run = ids.shape
+        lens = np.full(B, T_run, dtype=np.int64) if run_lengths is None else np.ascontiguousarray(run_lengths, np.int64)
+        until = None
+        if self.pooling == "mean":
+            until = lens  # outputs past a length are 0: summing the valid steps is the sum over all T
+        elif self.pooling == "masked_mean":
+            until = np.ascontiguousarray(L, dtype=np.int64)
+        self._tokens_encoded += ids.size
+        use_table = self._tokens_encoded >= self._embedding.shape[0]
+        last = len(self._layers) - 1
+        x = None
+        for k, layer in enumerate(self._layers):
+            pool_until = until if k == last else None
+            if k == 0 and use_table:
+                ids64 = np.ascontiguousarray(ids, dtype=np.int64)
+                x, _ = layer._run_embedded(self._embedding, ids64, lens, pool_until)
+            else:
+                x, _ = layer._run_batch_first_cpp(self._embedding[ids] if k == 0 else x, lens, pool_until)
+        if self.pooling == "mean":
+            return x / x.dtype.type(T)
+        if self.pooling == "masked_mean":
+            return x / L[:, None].astype(x.dtype)
+        return self._pool(x, L, T)
 
     def _encode_batch(self, ids, lengths, backend):
         T = ids.shape[1]
@@ -643,17 +666,11 @@ class SiameseEncoder:
         else:
             L = _pooling_lengths(ids)
             run_lengths = None
-        if self._projected_first_layer(ids.size, backend):
-            # ids -> rows of the first layer's input projection of the whole
-            # embedding, computed once: no (B, T, E) gather, no per-call GEMM
-            B, T_run = ids.shape
-            ids64 = np.ascontiguousarray(ids, dtype=np.int64)
-            L64 = np.full(B, T_run, dtype=np.int64) if run_lengths is None else run_lengths.astype(np.int64)
-            out, _ = self._layers[0]._run_embedded(self._embedding, ids64, L64)
-            out = self._run_layers(out, run_lengths, backend, start=1)
+        if self._compiled(backend):
+            pooled = self._encode_compiled(ids, run_lengths, L, T)
         else:
             out = self._run_layers(self._embedding[ids], run_lengths, backend)
-        pooled = self._pool(np.asarray(out), L, T)
+            pooled = self._pool(np.asarray(out), L, T)
         with np.errstate(invalid="ignore", over="ignore"):
             return pooled * inverse_norms(pooled)[:, None]
 

@@ -222,7 +222,7 @@ def _forward(kind, be, x_tm, cells, initial, lengths, *, relu=False):
     return seq, finals
 
 
-def _forward_cpp(kind, x, batch_first, cells, initial, lengths, *, relu=False, ids=None, embedding=None):
+def _forward_cpp(kind, x, batch_first, cells, initial, lengths, *, relu=False, ids=None, embedding=None, pool_until=None):
     """The compiled layers, in the caller's layout: no time-major copies.
 
     ``x`` (B, T, D) when ``batch_first`` else (T, B, D), C-contiguous; each
@@ -231,7 +231,9 @@ def _forward_cpp(kind, x, batch_first, cells, initial, lengths, *, relu=False, i
     (batch-major) and ``embedding`` (V, D) instead of ``x``, layer 0 reads the
     rows of its projected embedding table picked by the ids (see
     ``_core.RnnLayer.set_input_table``).  Returns ``(outputs, finals)`` as
-    :func:`_forward` does, outputs in the input's layout.
+    :func:`_forward` does, outputs in the input's layout; with ``pool_until``
+    (B,) int64 the last layer writes no outputs and ``outputs`` is instead
+    (B, F): the sum of each row's outputs over its steps t < pool_until.
     """
     if ids is not None:
         B, T = ids.shape
@@ -242,11 +244,18 @@ def _forward_cpp(kind, x, batch_first, cells, initial, lengths, *, relu=False, i
     dt = initial[0].dtype
     shape = (B, T, num_dirs * H) if batch_first else (T, B, num_dirs * H)
     if T == 0 or B == 0:
-        return np.zeros(shape, dtype=dt), [s.copy() for s in initial]
+        empty = np.zeros((B, num_dirs * H) if pool_until is not None else shape, dtype=dt)
+        return empty, [s.copy() for s in initial]
     finals = [np.empty_like(s) for s in initial]
     seq = x
+    pooled = until = None
     for layer, directions in enumerate(cells):
-        out = np.zeros(shape, dtype=dt)
+        if layer == len(cells) - 1 and pool_until is not None:
+            out = None
+            pooled = np.zeros((B, num_dirs * H), dtype=dt)
+            until = pool_until
+        else:
+            out = np.zeros(shape, dtype=dt)
         for d, p in enumerate(directions):
             k = layer * num_dirs + d
             core = p.core_layer(relu)
@@ -255,14 +264,14 @@ def _forward_cpp(kind, x, batch_first, cells, initial, lengths, *, relu=False, i
             if layer == 0 and ids is not None:
                 if core.input_table_source is not embedding:
                     core.set_input_table(embedding)
-                core.run_ids(ids, B, T, lengths, d == 1, h, c, out, num_dirs * H, d * H)
+                core.run_ids(ids, B, T, lengths, d == 1, h, c, out, num_dirs * H, d * H, pooled, until)
             else:
-                core.run(seq, B, T, batch_first, lengths, d == 1, h, c, out, num_dirs * H, d * H)
+                core.run(seq, B, T, batch_first, lengths, d == 1, h, c, out, num_dirs * H, d * H, pooled, until)
             finals[0][k] = h
             if c is not None:
                 finals[1][k] = c
         seq = out
-    return seq, finals
+    return (seq if pooled is None else pooled), finals
 
 
 def _kernel_array(a, dt):
@@ -711,18 +720,26 @@ class _Recurrent:
         out, finals = _forward(self._KIND, be, x_tm, self._cells, initial, lengths, relu=self._relu())
         return _from_time_major(out, self.batch_first), finals
 
-    def _run_embedded(self, embedding, ids, lengths):
+    def _run_embedded(self, embedding, ids, lengths, pool_until=None):
         """cpp only: run over token ids, layer 0 reading its projected ``embedding`` rows.
 
         ``embedding`` (V, input_size) C-contiguous in the layer's dtype (the
         table is cached by identity of this array: it must not change);
         ``ids`` (B, T) int64 C-contiguous within 0..V-1; ``lengths`` int64 (B,)
-        within 1..T.  Zero initial states.  Returns ``(out (B, T, F), finals)``.
+        within 1..T.  Zero initial states.  Returns ``(out (B, T, F), finals)``,
+        or the pooled sums (B, F) with ``pool_until`` (see :func:`_forward_cpp`).
         """
         initial = self._initial_states(None, ids.shape[0])
         return _forward_cpp(
-            self._KIND, None, True, self._cells, initial, lengths, relu=self._relu(), ids=ids, embedding=embedding
+            self._KIND, None, True, self._cells, initial, lengths, relu=self._relu(), ids=ids, embedding=embedding,
+            pool_until=pool_until,
         )
+
+    def _run_batch_first_cpp(self, x, lengths, pool_until=None):
+        """cpp only: ``x`` (B, T, input_size) C-contiguous in the layer's dtype, zero initial states;
+        as :meth:`_run_embedded` otherwise."""
+        initial = self._initial_states(None, x.shape[0])
+        return _forward_cpp(self._KIND, x, True, self._cells, initial, lengths, relu=self._relu(), pool_until=pool_until)
 
     def _relu(self):
         return False

@@ -31,14 +31,17 @@ struct TypedKernels {
   // Recurrent layers (rnn.hpp): weights packed for this level behind an opaque handle.
   void* (*rnn_create)(int cell, const T* W_ih, const T* W_hh, const T* b_ih, const T* b_hh, index_t D, index_t H);
   void (*rnn_destroy)(void* weights);
+  // out may be null when pool is given: pool[i * pool_ld + out_off + u] += h at steps t < pool_until[i].
   void (*rnn_run)(const void* weights, const T* x, index_t B, index_t T_len, index_t row_b, index_t row_t,
-                  const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off);
+                  const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off, T* pool,
+                  index_t pool_ld, const int64_t* pool_until);
   // Input projection of `rows` rows of D features (bias included), cols = rnn_cols values each.
   void (*rnn_project)(const void* weights, const T* x, index_t rows, T* xw);
   index_t (*rnn_cols)(const void* weights);
   // Steps over rows of a projected table: step t of row i reads row ids[i * T_len + t].
   void (*rnn_run_ids)(const void* weights, const T* table, const int64_t* ids, index_t B, index_t T_len,
-                      const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off);
+                      const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off,
+                      T* pool, index_t pool_ld, const int64_t* pool_until);
 };
 
 struct KernelTable {

@@ -144,6 +144,17 @@ struct StepContext {
   // only the bias is added.
   const T* const* xrow;
   index_t rows;  // B: rows of xrow
+  // Pooled sums besides (or instead of, when out is null) the output rows:
+  // pool[i * pool_ld + out_off + u] += h at the steps where t < pool_until[i].
+  T* pool = nullptr;
+  index_t pool_ld = 0;
+  const int64_t* pool_until = nullptr;
+  T* out_row(index_t i, index_t t) const {
+    return out ? out + (i * row_b + t * row_t) * out_ld + out_off : nullptr;
+  }
+  T* pool_row(index_t i, index_t t) const {
+    return pool && t < pool_until[i] ? pool + i * pool_ld + out_off : nullptr;
+  }
   const T* addend(index_t i) const { return xrow ? xrow[i] : bias; }
   // The projection rows are scattered (table rows picked by token ids, or
   // rows of a large XW): ask for the same columns of the row one micro-panel
@@ -199,14 +210,23 @@ struct LstmStepEpilogue {
       std::memcpy(&og, gate + 3 * G, sizeof(VG));
       T* c = ctx.c + i * H + u0;
       T* hn = ctx.h_next + i * ctx.ld_h + u0;
-      T* o = ctx.out + (i * ctx.row_b + t * ctx.row_t) * ctx.out_ld + ctx.out_off + u0;
+      T* o = ctx.out_row(i, t);
+      T* pl = ctx.pool_row(i, t);
+      if (o) o += u0;
+      if (pl) pl += u0;
       if (units == G) {
         std::memcpy(&cv, c, sizeof(VG));
         cv = fg * cv + ig * gg;
         const VG hv = og * vtanh<T>(cv);
         std::memcpy(c, &cv, sizeof(VG));
         std::memcpy(hn, &hv, sizeof(VG));
-        std::memcpy(o, &hv, sizeof(VG));
+        if (o) std::memcpy(o, &hv, sizeof(VG));
+        if (pl) {
+          VG sum;
+          std::memcpy(&sum, pl, sizeof(VG));
+          sum += hv;
+          std::memcpy(pl, &sum, sizeof(VG));
+        }
       } else {
         alignas(64) T cbuf[G] = {};
         for (int u = 0; u < units; ++u) cbuf[u] = c[u];
@@ -216,7 +236,8 @@ struct LstmStepEpilogue {
         for (int u = 0; u < units; ++u) {
           c[u] = cv[u];
           hn[u] = hv[u];
-          o[u] = hv[u];
+          if (o) o[u] = hv[u];
+          if (pl) pl[u] += hv[u];
         }
       }
     }
@@ -240,7 +261,6 @@ struct RnnStepEpilogue {
         for (int j = 0; j < nr; ++j) ctx.h_next[i * ctx.ld_h + j0 + j] = ctx.h_prev[i * ctx.ld_h + j0 + j];
         continue;
       }
-      const index_t row = i * ctx.row_b + t * ctx.row_t;
       const index_t H = ctx.H;
       ctx.template prefetch_ahead<MR, NR>(i, j0);
       const T* bias = ctx.addend(i) + j0;
@@ -256,10 +276,12 @@ struct RnnStepEpilogue {
         if (relu) h = (pre != pre) ? pre : h;
         store(hv + v * L, h);
       }
-      T* o = ctx.out + row * ctx.out_ld + ctx.out_off;
+      T* o = ctx.out_row(i, t);
+      T* pl = ctx.pool_row(i, t);
       for (int j = 0; j < nr; ++j) {
         ctx.h_next[i * ctx.ld_h + j0 + j] = hv[j];
-        o[j0 + j] = hv[j];
+        if (o) o[j0 + j] = hv[j];
+        if (pl) pl[j0 + j] += hv[j];
       }
     }
   }
@@ -292,6 +314,15 @@ struct StepInput {
   index_t ids_ld = 0;
 };
 
+// Optional pooled sums of the outputs (see StepContext::pool); with them the
+// output rows may be skipped (out = null).
+template <class T>
+struct Pooling {
+  T* sum = nullptr;
+  index_t ld = 0;
+  const int64_t* until = nullptr;
+};
+
 // Run one direction of one layer from a given step input.
 //   row_b, row_t : row of (i, t) = i * row_b + t * row_t, for x or pre and for out
 //   lengths      : B entries in 1..T, or null (all T)
@@ -299,7 +330,8 @@ struct StepInput {
 //   out          : rows of out_ld features, written at columns out_off .. out_off + H
 template <class T>
 void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_t T_len, index_t row_b, index_t row_t,
-               const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off) {
+               const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off,
+               const Pooling<T>& pooling = {}) {
   const index_t H = w.H, cols = w.cols;
   if (B <= 0 || T_len <= 0) return;
   std::vector<index_t> t_of(static_cast<std::size_t>(B));
@@ -346,7 +378,7 @@ void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_
           }
       StepContext<T> ctx{w.bias_x.data(), H,   t_of.data(), row_b,  row_t,   cur + Dx,
                          nxt + Dx,        K,   c,           out,    out_ld,  out_off,
-                         in.x ? nullptr : xrow.data(), B};
+                         in.x ? nullptr : xrow.data(), B, pooling.sum, pooling.ld, pooling.until};
       if (w.cell == Cell::LSTM) {
         LstmStepEpilogue<T> ep{ctx};
         gemm_nt<T>(cur, K, nullptr, 0, B, cols, K, ep, opt, &wp);
@@ -381,10 +413,10 @@ void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_
         std::copy(hp, hp + H, hn);
         continue;
       }
-      const index_t row = i * row_b + t * row_t;
       const T* xr = xrow[i];
       const T* hr = hh.data() + i * cols;
-      T* o = out + row * out_ld + out_off;
+      T* o = out ? out + (i * row_b + t * row_t) * out_ld + out_off : nullptr;
+      T* pl = pooling.sum && t < pooling.until[i] ? pooling.sum + i * pooling.ld + out_off : nullptr;
       index_t u = 0;
       for (; u + L <= H; u += L) {
         const V r = vsigmoid<T>(load<V>(xr + u) + load<V>(hr + u));
@@ -392,7 +424,8 @@ void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_
         const V n = vtanh<T>(load<V>(xr + 2 * H + u) + r * load<V>(hr + 2 * H + u));
         const V hv = (T(1) - z) * n + z * load<V>(hp + u);
         store(hn + u, hv);
-        store(o + u, hv);
+        if (o) store(o + u, hv);
+        if (pl) store(pl + u, load<V>(pl + u) + hv);
       }
       for (; u < H; ++u) {
         typedef T V1 __attribute__((vector_size(sizeof(T))));
@@ -401,7 +434,8 @@ void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_
         const V1 n = vtanh<T>(V1{xr[2 * H + u]} + r * hr[2 * H + u]);
         const T hv = ((T(1) - z) * n + z * hp[u])[0];
         hn[u] = hv;
-        o[u] = hv;
+        if (o) o[u] = hv;
+        if (pl) pl[u] += hv;
       }
     }
     std::swap(h_prev, h_next);
@@ -433,7 +467,8 @@ inline bool project_inputs_first(const RnnWeights<T>& w, index_t B, index_t T_le
 // i * row_b + t * row_t); see rnn_steps for the other arguments.
 template <class T>
 void rnn_direction(const RnnWeights<T>& w, const T* x, index_t B, index_t T_len, index_t row_b, index_t row_t,
-                   const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off) {
+                   const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off,
+                   const Pooling<T>& pooling = {}) {
   if (B <= 0 || T_len <= 0) return;
   StepInput<T> in;
   if (project_inputs_first(w, B, T_len)) {
@@ -443,7 +478,7 @@ void rnn_direction(const RnnWeights<T>& w, const T* x, index_t B, index_t T_len,
   } else {
     in.x = x;
   }
-  rnn_steps(w, in, B, T_len, row_b, row_t, lengths, reverse, h, c, out, out_ld, out_off);
+  rnn_steps(w, in, B, T_len, row_b, row_t, lengths, reverse, h, c, out, out_ld, out_off, pooling);
 }
 
 // Run one direction of one layer whose inputs are rows of a projected table
@@ -451,12 +486,13 @@ void rnn_direction(const RnnWeights<T>& w, const T* x, index_t B, index_t T_len,
 // ids[i * T_len + t] of `table`.  Outputs are batch-major (row i * T_len + t).
 template <class T>
 void rnn_direction_ids(const RnnWeights<T>& w, const T* table, const int64_t* ids, index_t B, index_t T_len,
-                       const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off) {
+                       const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off,
+                       const Pooling<T>& pooling = {}) {
   StepInput<T> in;
   in.pre = table;
   in.ids = ids;
   in.ids_ld = T_len;
-  rnn_steps(w, in, B, T_len, T_len, 1, lengths, reverse, h, c, out, out_ld, out_off);
+  rnn_steps(w, in, B, T_len, T_len, 1, lengths, reverse, h, c, out, out_ld, out_off, pooling);
 }
 
 }  // namespace FASTSIM_LEVEL
