@@ -576,33 +576,93 @@ def test_input_table_binding_checks_its_arguments():
     h, c = np.zeros((2, H)), np.zeros((2, H))
     out = np.zeros((2 * 3, H))
     ids = np.zeros((2, 3), dtype=np.int64)
-    with pytest.raises(ValueError, match="no input table"):
-        layer.run_ids(ids, 2, 3, None, False, h, c, out, H, 0)
+    emb = rng.standard_normal((V, D))
+    with pytest.raises(ValueError, match="D columns"):
+        layer.run_ids(np.zeros((V, D + 1)), ids, 2, 3, None, False, h, c, out, H, 0)
     with pytest.raises(ValueError, match="D columns"):
         layer.set_input_table(np.zeros((V, D + 1)))
     with pytest.raises(TypeError):
         layer.set_input_table(np.zeros((V, D), dtype=np.float32))
-    emb = rng.standard_normal((V, D))
+    with pytest.raises(TypeError, match="embedding"):
+        layer.run_ids(emb.tolist(), ids, 2, 3, None, False, h, c, out, H, 0)
     layer.set_input_table(emb)
     assert layer.input_table_source is emb
     for bad in (V, -1):
         ids[1, 2] = bad
         with pytest.raises(ValueError, match="0..V-1"):
-            layer.run_ids(ids, 2, 3, None, False, h, c, out, H, 0)
+            layer.run_ids(emb, ids, 2, 3, None, False, h, c, out, H, 0)
     ids[1, 2] = 0
     with pytest.raises(TypeError, match="int64"):
-        layer.run_ids(ids.astype(np.int32), 2, 3, None, False, h, c, out, H, 0)
+        layer.run_ids(emb, ids.astype(np.int32), 2, 3, None, False, h, c, out, H, 0)
     with pytest.raises(ValueError, match="B x T"):
-        layer.run_ids(ids[:, :2].copy(), 2, 3, None, False, h, c, out, H, 0)
+        layer.run_ids(emb, ids[:, :2].copy(), 2, 3, None, False, h, c, out, H, 0)
     with pytest.raises(ValueError, match="lengths"):
-        layer.run_ids(ids, 2, 3, np.array([0, 3]), False, h, c, out, H, 0)
-    layer.run_ids(ids, 2, 3, None, False, h, c, out, H, 0)
+        layer.run_ids(emb, ids, 2, 3, np.array([0, 3]), False, h, c, out, H, 0)
+    layer.run_ids(emb, ids, 2, 3, None, False, h, c, out, H, 0)
     # the same steps from the gathered embeddings
     h2, c2, out2 = np.zeros((2, H)), np.zeros((2, H)), np.zeros((2 * 3, H))
     layer.run(np.ascontiguousarray(emb[ids]), 2, 3, True, None, False, h2, c2, out2, H, 0)
     np.testing.assert_allclose(out, out2, rtol=0, atol=1e-14)
+    # another embedding object: its own table, made by run_ids itself
+    emb2 = emb * 2
+    h3, c3, out3 = np.zeros((2, H)), np.zeros((2, H)), np.zeros((2 * 3, H))
+    layer.run_ids(emb2, ids, 2, 3, None, False, h3, c3, out3, H, 0)
+    assert layer.input_table_source is emb2
+    h2[:], c2[:], out2[:] = 0, 0, 0
+    layer.run(np.ascontiguousarray(emb2[ids]), 2, 3, True, None, False, h2, c2, out2, H, 0)
+    np.testing.assert_allclose(out3, out2, rtol=0, atol=1e-14)
     layer.set_input_table(None)
     assert layer.input_table_source is None
+
+
+@needs_rnn
+@needs_cpp
+def test_shared_layer_tables_under_threads_and_level_changes():
+    # Two encoders share one layer but not their embeddings: each call may
+    # replace the layer's table while other threads run on the old one, and a
+    # thread switches SIMD levels (which repacks the weights) meanwhile.
+    import threading
+
+    V, E, H = 30, 6, 10
+    rng = np.random.default_rng(11)
+    layer = fs_rnn.LSTM(E, H, bidirectional=True, dtype=np.float64, seed=3)
+    encoders = [SiameseEncoder(rng.standard_normal((V, E)), layer, "mean") for _ in range(2)]
+    ids = [_ids(rng, 12, 7, V)[0] for _ in range(2)]
+    want = [enc.encode(x, backend="numpy") for enc, x in zip(encoders, ids)]
+    errors = []
+    stop = threading.Event()
+
+    def work(seed):
+        r = np.random.default_rng(seed)
+        try:
+            for _ in range(25):
+                k = int(r.integers(2))
+                got = encoders[k].encode(ids[k], backend="cpp")
+                if not np.allclose(got, want[k], rtol=0, atol=1e-12):
+                    errors.append(k)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def switch():
+        levels = fastsim.simd_levels()
+        i = 0
+        while not stop.is_set():
+            fastsim.set_simd_level(levels[i % len(levels)])
+            i += 1
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    switcher = threading.Thread(target=switch)
+    try:
+        switcher.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        stop.set()
+        switcher.join()
+        fastsim.set_simd_level(None)
+    assert not errors, errors[:3]
 
 
 @needs_cpp

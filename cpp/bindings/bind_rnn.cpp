@@ -28,7 +28,7 @@ class RnnLayerT {
     H_ = W_hh.shape(1);
     pack();
   }
-  ~RnnLayerT() { release(); }
+  ~RnnLayerT() = default;
   RnnLayerT(const RnnLayerT&) = delete;
   RnnLayerT& operator=(const RnnLayerT&) = delete;
 
@@ -45,52 +45,50 @@ class RnnLayerT {
       throw std::invalid_argument("x does not hold B * T rows of D features");
     const T* px = cptr<T>(x);
     auto run_fn = typed().rnn_run;
-    void* handle = handle_;
+    // Owned by this call too: another thread may repack (a new SIMD level) meanwhile.
+    const std::shared_ptr<void> handle = handle_;
     py::gil_scoped_release release;  // arrays are held by this frame and by the layer
-    run_fn(handle, px, B, T_len, row_b, row_t, st.lengths, reverse, st.h, st.c, st.out, out_ld, out_off, st.pool,
-           st.pool_ld, st.pool_until);
+    run_fn(handle.get(), px, B, T_len, row_b, row_t, st.lengths, reverse, st.h, st.c, st.out, out_ld, out_off,
+           st.pool, st.pool_ld, st.pool_until);
   }
 
   // Precompute the input projection of every row of `embedding` (V, D), bias
-  // included; run_ids then feeds the steps rows of it picked by token ids.
-  // None drops it.  Recomputed if the SIMD level changes.
+  // included, for run_ids; None drops it.  run_ids makes it itself when given
+  // another embedding, so calling this first is optional.
   void set_input_table(py::object embedding) {
     if (embedding.is_none()) {
-      input_.clear();
-      input_.shrink_to_fit();
+      input_.reset();
       embedding_ = py::none();
       return;
     }
-    if (!py::isinstance<py::array>(embedding)) throw py::type_error("embedding must be a numpy array");
-    py::array e(embedding);
-    require_ndim(e, 2, "embedding");
-    require_c_contiguous(e, "embedding");
-    require_same_dtype(e, dtype(), "embedding");
-    if (e.shape(1) != D_) throw std::invalid_argument("embedding must have D columns (the layer's input size)");
     if (table_ != &kernels()) pack();
-    embedding_ = e;
-    project_table();
+    input_for(checked_embedding(embedding));
   }
   py::object input_table_source() const { return embedding_; }
 
-  void run_ids(py::array ids, index_t B, index_t T_len, py::object lengths, bool reverse, py::array h, py::object c,
-               py::object out, index_t out_ld, index_t out_off, py::object pool, py::object pool_until) {
-    if (embedding_.is_none()) throw std::invalid_argument("no input table: call set_input_table first");
-    if (table_ != &kernels()) pack();  // repacks and reprojects the table
+  // Steps over rows of the projection of `embedding` picked by token ids.  The
+  // table is kept for the next call with the same embedding object (which
+  // must not change) and remade for another one or at another SIMD level.
+  void run_ids(py::object embedding, py::array ids, index_t B, index_t T_len, py::object lengths, bool reverse,
+               py::array h, py::object c, py::object out, index_t out_ld, index_t out_off, py::object pool,
+               py::object pool_until) {
+    py::array e = checked_embedding(embedding);
+    if (table_ != &kernels()) pack();
     require_c_contiguous(ids, "ids");
     if (!ids.dtype().equal(py::dtype::of<int64_t>())) throw py::type_error("ids must be int64");
     State st = state(B, T_len, lengths, h, c, out, out_ld, out_off, pool, pool_until);
     if (ids.size() != checked_mul(B, T_len)) throw std::invalid_argument("ids must hold B x T token ids");
     const int64_t* pid = cptr<int64_t>(ids);
-    const index_t V = py::array(embedding_).shape(0);
+    const index_t V = e.shape(0);
     for (index_t i = 0, n = B * T_len; i < n; ++i)
       if (pid[i] < 0 || pid[i] >= V) throw std::invalid_argument("ids must lie within 0..V-1 (the embedding rows)");
-    auto run_fn = typed().rnn_run_ids;
-    void* handle = handle_;
-    const T* table = input_.data();
+    // The table, the weights and the kernels of one level, all held by this
+    // call: other threads may replace the layer's table or repack meanwhile.
+    const std::shared_ptr<const Input> input = input_for(e);
+    auto run_fn = kernels_of(input->level).rnn_run_ids;
     py::gil_scoped_release release;
-    run_fn(handle, table, pid, B, T_len, st.lengths, reverse, st.h, st.c, st.out, out_ld, out_off, st.pool, st.pool_ld,
-           st.pool_until);
+    run_fn(input->handle.get(), input->rows.data(), pid, B, T_len, st.lengths, reverse, st.h, st.c, st.out, out_ld,
+           out_off, st.pool, st.pool_ld, st.pool_until);
   }
 
   index_t input_size() const { return D_; }
@@ -98,28 +96,56 @@ class RnnLayerT {
 
  private:
   const TypedKernels<T>& typed() const;
-  void release() {
-    if (handle_) typed().rnn_destroy(handle_);
-    handle_ = nullptr;
-  }
+  static const TypedKernels<T>& kernels_of(const KernelTable* level);
+  void release() { handle_.reset(); }
   void pack() {
     release();
     table_ = &kernels();
     const T* bi = b_ih_.is_none() ? nullptr : cptr<T>(py::array(b_ih_));
     const T* bh = b_hh_.is_none() ? nullptr : cptr<T>(py::array(b_hh_));
-    handle_ = typed().rnn_create(cell_, cptr<T>(W_ih_), cptr<T>(W_hh_), bi, bh, D_, H_);
-    if (!embedding_.is_none()) project_table();  // the column layout belongs to the level
+    auto destroy = typed().rnn_destroy;
+    handle_ = std::shared_ptr<void>(typed().rnn_create(cell_, cptr<T>(W_ih_), cptr<T>(W_hh_), bi, bh, D_, H_), destroy);
   }
-  void project_table() {
-    py::array e(embedding_);
-    const index_t V = e.shape(0), cols = typed().rnn_cols(handle_);
-    input_.assign(static_cast<std::size_t>(checked_mul(V, cols)), T(0));
+
+  // The projected embedding of one SIMD level, with the packed weights it was made from.
+  struct Input {
+    const KernelTable* level;
+    std::shared_ptr<void> handle;
+    std::vector<T> rows;  // V rows of cols values
+  };
+
+  py::array checked_embedding(py::object embedding) const {
+    if (!py::isinstance<py::array>(embedding)) throw py::type_error("embedding must be a numpy array");
+    py::array e(embedding);
+    require_ndim(e, 2, "embedding");
+    require_c_contiguous(e, "embedding");
+    require_same_dtype(e, dtype(), "embedding");
+    if (e.shape(1) != D_) throw std::invalid_argument("embedding must have D columns (the layer's input size)");
+    return e;
+  }
+
+  // The table of `e` for the current level and weights: the kept one, or one
+  // projected now (GIL released) and kept only if nothing changed meanwhile.
+  std::shared_ptr<const Input> input_for(const py::array& e) {
+    if (!embedding_.is(e)) {
+      embedding_ = e;
+      input_.reset();
+    }
+    std::shared_ptr<const Input> have = input_;
+    if (have && have->level == table_ && have->handle == handle_) return have;
+    auto made = std::make_shared<Input>();
+    made->level = table_;
+    made->handle = handle_;
+    const TypedKernels<T>& k = kernels_of(made->level);
+    const index_t V = e.shape(0);
+    made->rows.assign(static_cast<std::size_t>(checked_mul(V, k.rnn_cols(made->handle.get()))), T(0));
     const T* pe = cptr<T>(e);
-    T* pt = input_.data();
-    auto fn = typed().rnn_project;
-    void* handle = handle_;
-    py::gil_scoped_release release;
-    fn(handle, pe, V, pt);
+    {
+      py::gil_scoped_release release;  // e (the caller's) and made are held
+      k.rnn_project(made->handle.get(), pe, V, made->rows.data());
+    }
+    if (embedding_.is(e) && table_ == made->level && handle_ == made->handle) input_ = made;
+    return made;
   }
 
   struct State {
@@ -206,15 +232,17 @@ class RnnLayerT {
   py::object b_ih_, b_hh_;
   index_t D_ = 0, H_ = 0;
   py::object embedding_ = py::none();
-  std::vector<T> input_;  // projected embedding rows, cols values each (layout of the current level)
+  std::shared_ptr<const Input> input_;  // projected embedding rows (see current_input)
   const KernelTable* table_ = nullptr;
-  void* handle_ = nullptr;
+  std::shared_ptr<void> handle_;  // packed weights of table_'s level
 };
 
 template <>
-const TypedKernels<float>& RnnLayerT<float>::typed() const { return table_->f32; }
+const TypedKernels<float>& RnnLayerT<float>::kernels_of(const KernelTable* level) { return level->f32; }
 template <>
-const TypedKernels<double>& RnnLayerT<double>::typed() const { return table_->f64; }
+const TypedKernels<double>& RnnLayerT<double>::kernels_of(const KernelTable* level) { return level->f64; }
+template <class T>
+const TypedKernels<T>& RnnLayerT<T>::typed() const { return kernels_of(table_); }
 
 // The Python-facing class dispatches on dtype once, at construction.
 class RnnLayer {
@@ -264,12 +292,13 @@ class RnnLayer {
       f_->set_input_table(embedding);
   }
   py::object input_table_source() const { return f64_ ? d_->input_table_source() : f_->input_table_source(); }
-  void run_ids(py::array ids, index_t B, index_t T_len, py::object lengths, bool reverse, py::array h, py::object c,
-               py::object out, index_t out_ld, index_t out_off, py::object pool, py::object pool_until) {
+  void run_ids(py::object embedding, py::array ids, index_t B, index_t T_len, py::object lengths, bool reverse,
+               py::array h, py::object c, py::object out, index_t out_ld, index_t out_off, py::object pool,
+               py::object pool_until) {
     if (f64_)
-      d_->run_ids(ids, B, T_len, lengths, reverse, h, c, out, out_ld, out_off, pool, pool_until);
+      d_->run_ids(embedding, ids, B, T_len, lengths, reverse, h, c, out, out_ld, out_off, pool, pool_until);
     else
-      f_->run_ids(ids, B, T_len, lengths, reverse, h, c, out, out_ld, out_off, pool, pool_until);
+      f_->run_ids(embedding, ids, B, T_len, lengths, reverse, h, c, out, out_ld, out_off, pool, pool_until);
   }
   bool is_f64() const { return f64_; }
 
@@ -298,11 +327,13 @@ void bind_rnn(py::module_& m) {
            "Project every row of embedding (V, D) through W_ih (bias included) once, for run_ids; None drops it.")
       .def_property_readonly("input_table_source", &RnnLayer::input_table_source,
                              "The embedding the input table was projected from, or None.")
-      .def("run_ids", &RnnLayer::run_ids, py::arg("ids"), py::arg("B"), py::arg("T"), py::arg("lengths").none(true),
+      .def("run_ids", &RnnLayer::run_ids, py::arg("embedding"), py::arg("ids"), py::arg("B"), py::arg("T"),
+           py::arg("lengths").none(true),
            py::arg("reverse"), py::arg("h"), py::arg("c").none(true), py::arg("out").none(true), py::arg("out_ld"),
            py::arg("out_off"), py::arg("pool") = py::none(), py::arg("pool_until") = py::none(),
-           "Run over token ids (B, T) int64, step t of row i reading row ids[i, t] of the input table; outputs "
-           "batch-major (rows i * T + t of out_ld).")
+           "Run over token ids (B, T) int64, step t of row i reading row ids[i, t] of the input projection of "
+           "embedding (V, D), made on first use and kept while the same embedding object comes back (it must not "
+           "change); outputs batch-major (rows i * T + t of out_ld).")
       .def_property_readonly("is_f64", &RnnLayer::is_f64);
 }
 

@@ -66,6 +66,7 @@ class RnnLayer:
     def input_table_source(self) -> npt.NDArray[np.floating] | None: ...
     def run_ids(
         self,
+        embedding: npt.NDArray[np.floating],
         ids: npt.NDArray[np.int64],
         B: int,
         T: int,

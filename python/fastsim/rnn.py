@@ -230,7 +230,7 @@ def _forward_cpp(kind, x, batch_first, cells, initial, lengths, *, relu=False, i
     a bidirectional layer needs no concatenation).  With ``ids`` (B, T) int64
     (batch-major) and ``embedding`` (V, D) instead of ``x``, layer 0 reads the
     rows of its projected embedding table picked by the ids (see
-    ``_core.RnnLayer.set_input_table``).  Returns ``(outputs, finals)`` as
+    ``_core.RnnLayer.run_ids``).  Returns ``(outputs, finals)`` as
     :func:`_forward` does, outputs in the input's layout; with ``pool_until``
     (B,) int64 the last layer writes no outputs and ``outputs`` is instead
     (B, F): the sum of each row's outputs over its steps t < pool_until.
@@ -262,9 +262,7 @@ def _forward_cpp(kind, x, batch_first, cells, initial, lengths, *, relu=False, i
             h = np.array(initial[0][k], dtype=dt, order="C")
             c = np.array(initial[1][k], dtype=dt, order="C") if kind == "lstm" else None
             if layer == 0 and ids is not None:
-                if core.input_table_source is not embedding:
-                    core.set_input_table(embedding)
-                core.run_ids(ids, B, T, lengths, d == 1, h, c, out, num_dirs * H, d * H, pooled, until)
+                core.run_ids(embedding, ids, B, T, lengths, d == 1, h, c, out, num_dirs * H, d * H, pooled, until)
             else:
                 core.run(seq, B, T, batch_first, lengths, d == 1, h, c, out, num_dirs * H, d * H, pooled, until)
             finals[0][k] = h
