@@ -545,6 +545,23 @@ def test_projected_embedding_table_matches_numpy(dtype, kind, pooling):
 
 @needs_rnn
 @needs_cpp
+def test_no_projected_table_beyond_its_memory_cap(monkeypatch):
+    import fastsim.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "_TABLE_BYTES", 0)
+    V, E, H = 20, 4, 6
+    rng = np.random.default_rng(2)
+    layer = fs_rnn.LSTM(E, H, dtype=np.float64, seed=4)
+    enc = SiameseEncoder(rng.standard_normal((V, E)), layer, "masked_mean")
+    for _ in range(3):
+        ids, lengths = _ids(rng, 6, 5, V)
+        assert_close(enc.encode(ids, lengths, backend="cpp"), enc.encode(ids, lengths, backend="numpy"), np.float64)
+    assert enc._tokens_encoded >= V
+    assert layer._cells[0][0].core_layer(False).input_table_source is None
+
+
+@needs_rnn
+@needs_cpp
 def test_projected_table_follows_new_weights_and_simd_levels():
     V, E, H = 25, 5, 8
     rng = np.random.default_rng(6)

@@ -381,6 +381,10 @@ def _as_weight(value, name):
     return as_float_array(value, name, ndim=2)
 
 
+# Largest projected-embedding tables the cpp encoder keeps (see _encode_compiled).
+_TABLE_BYTES = 512 << 20
+
+
 class SiameseEncoder:
     """One branch of the Siamese network: token ids -> L2-normalized vectors.
 
@@ -621,13 +625,21 @@ class SiameseEncoder:
         """Whether the whole encoder runs through the compiled layers' own entry points."""
         return _backend.resolve(backend) == "cpp" and all(hasattr(layer, "_run_embedded") for layer in self._layers)
 
+    def _table_bytes(self) -> int:
+        """Memory of the first layer's projected embedding tables (all directions)."""
+        first = self._layers[0]
+        gates = {"lstm": 4, "gru": 3}.get(getattr(first, "_KIND", ""), 1)
+        dirs = 2 if first.bidirectional else 1
+        return self._embedding.shape[0] * gates * int(first.hidden_size) * dirs * self._embedding.itemsize
+
     def _encode_compiled(self, ids, run_lengths, L, T):
         """The cpp backend: the pooled (not yet normalized) vectors of one batch.
 
         * The first layer reads rows of its input projection of the whole
           embedding, picked by token id, once the encoder has seen V tokens in
           total (building that table costs as much as projecting V tokens; the
-          layer keeps it, and a layer whose weights are replaced gets a new one).
+          layer keeps it, and a layer whose weights are replaced gets a new one),
+          unless the tables would take more than 512 MiB.
         * "mean" and "masked_mean" are summed inside the last layer's steps:
           its (B, T, F) outputs are never stored.
         """
@@ -639,7 +651,7 @@ class SiameseEncoder:
         elif self.pooling == "masked_mean":
             until = np.ascontiguousarray(L, dtype=np.int64)
         self._tokens_encoded += ids.size
-        use_table = self._tokens_encoded >= self._embedding.shape[0]
+        use_table = self._tokens_encoded >= self._embedding.shape[0] and self._table_bytes() <= _TABLE_BYTES
         last = len(self._layers) - 1
         x = None
         for k, layer in enumerate(self._layers):

@@ -450,7 +450,7 @@ void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_
 // two are equal.  XW lives in per-thread scratch, so it is only used up to
 // kProjectBytes; beyond, the steps multiply [x_t | h] and need no buffer.
 // FASTSIM_RNN_PROJECT=0 or 1 forces either way (the tests run both).
-inline constexpr std::size_t kProjectBytes = std::size_t(256) << 20;
+inline constexpr std::size_t kProjectBytes = std::size_t(64) << 20;
 
 template <class T>
 inline bool project_inputs_first(const RnnWeights<T>& w, index_t B, index_t T_len) {
