@@ -327,3 +327,27 @@ def test_property_small_integer_vectors(data, m, n, d, k, exclude_self, dtype, b
                      dtype=dtype).reshape(m, d)
     scores, idx = fastsim.top_k(q, c, k, exclude_self=exclude_self, backend=backend)
     check_top_k(scores, idx, q, c, k, exclude_self=exclude_self, dtype=dtype)
+
+
+@pytest.mark.skipif("cpp" not in fastsim.available_backends(), reason="cpp backend not available here")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_column_split_over_blocks_of_different_widths_repeated(dtype):
+    # Few queries and a corpus wider than one packed block: the threads split
+    # each block's columns, and the last block is narrower than the others, so
+    # a thread reaching it first would repack panels another thread still
+    # reads unless each packs into a region of its own.  A race shows up in a
+    # few percent of calls: repeat.
+    rng = np.random.default_rng(17)
+    q = rng.standard_normal((40, 33)).astype(dtype)
+    c = rng.standard_normal((5000, 33)).astype(dtype)
+    full = fastsim.cosine_similarity_matrix(q.astype(np.float64), c.astype(np.float64), backend="numpy")
+    want = -np.sort(-full, axis=1)[:, :10]
+    old = fastsim.get_num_threads()
+    fastsim.set_num_threads(2)
+    try:
+        for _ in range(150):
+            scores, _ = fastsim.top_k(q, c, 10, backend="cpp")
+            assert_close(scores, want, dtype)
+            assert_close(fastsim.cosine_similarity_matrix(q, c, backend="cpp"), full, dtype)
+    finally:
+        fastsim.set_num_threads(old)

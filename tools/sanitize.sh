@@ -54,8 +54,11 @@ cmake --build "$build" -j "$jobs"
 so=$(ls "$build"/_core*.so)
 echo "sanitize.sh: built $so in $(($(date +%s) - start)) s"
 # The module must really be instrumented, and UB must abort (no *_recover handlers).
-nm -D "$so" | grep -q "__asan_report_load" || { echo "sanitize.sh: $so is not built with ASan"; exit 1; }
-nm -D "$so" | grep -q "__ubsan_handle_.*_abort" || { echo "sanitize.sh: $so is not built with UBSan (abort)"; exit 1; }
+# (The symbol list is captured first: `nm | grep -q` under pipefail fails when
+# grep exits early and nm is killed by SIGPIPE.)
+symbols=$(nm -D "$so")
+grep -q "__asan_report_load" <<< "$symbols" || { echo "sanitize.sh: $so is not built with ASan"; exit 1; }
+grep -q "__ubsan_handle_.*_abort" <<< "$symbols" || { echo "sanitize.sh: $so is not built with UBSan (abort)"; exit 1; }
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -355,12 +355,18 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
   // a thread packing block j + 1 has passed the barrier of block j, which no
   // thread passes before it finished block j - 1, the buffer's previous user;
   // one barrier per block suffices (with a single block, one buffer and one
-  // barrier).  Cols split: a thread packs exactly the panels it multiplies, so
-  // no barrier at all.
-  const index_t block_elems = std::min<index_t>(NC, (n + NR - 1) / NR * NR) * kk;
+  // barrier).  Cols split: a thread packs exactly the panels it multiplies,
+  // into a region of the buffer that is its own (blocks split into different
+  // panel ranges, so a shared region could be repacked by a thread already at
+  // the next block while another still reads it): no barrier at all.
+  const index_t block_cols = std::min<index_t>(NC, (n + NR - 1) / NR * NR);
+  const index_t block_elems = block_cols * kk;
   const bool two_buffers = nt > 1 && split == Split::Rows && n > NC;
-  T* bbuf = packed_b ? nullptr
-                     : scratch<T>(kScratchPackB, static_cast<std::size_t>(block_elems * (two_buffers ? 2 : 1)));
+  const bool own_regions = nt > 1 && split == Split::Cols;
+  // nthr regions of ceil(block panels / nthr) panels each fit in block panels + nthr - 1
+  const index_t buffer_elems =
+      own_regions ? (block_cols / NR + nt) * NR * kk : block_elems * (two_buffers ? 2 : 1);
+  T* bbuf = packed_b ? nullptr : scratch<T>(kScratchPackB, static_cast<std::size_t>(buffer_elems));
   const index_t m_panels = (m + MR - 1) / MR;
 
   // The whole computation of one thread; barriers only when several run it.
@@ -375,25 +381,34 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
     for (index_t jc = 0, block = 0; jc < n; jc += NC, ++block) {
       const index_t nc = std::min(NC, n - jc);
       const index_t n_panels = (nc + NR - 1) / NR;
-      const T* bblock;
+      index_t jp_begin = 0, jp_end = n_panels;
+      if (split == Split::Cols) {
+        jp_begin = n_panels * tid / nthr;
+        jp_end = n_panels * (tid + 1) / nthr;
+      }
+      const T* bblock;     // panel jp of the block is at bblock + (jp - jp_first) * NR * kk
+      index_t jp_first = 0;
       if (packed_b) {
         bblock = packed_b->data.data() + jc * kk;  // panels are contiguous: a block is a slice
       } else {
-        T* dst = bbuf + (two_buffers ? (block & 1) * block_elems : 0);
         const index_t p0 = n_panels * tid / nthr, p1 = n_panels * (tid + 1) / nthr;
+        T* dst;
+        if (own_regions && nthr > 1) {
+          const index_t own_panels = (block_cols / NR + nthr - 1) / nthr;  // >= p1 - p0 in every block
+          dst = bbuf + tid * own_panels * NR * kk;  // this thread's panels p0 .. p1 only
+          jp_first = p0;
+        } else {
+          dst = bbuf + (two_buffers ? (block & 1) * block_elems : 0);
+        }
         if (p1 > p0)
-          pack_panels<NR>(b, ldb, jc + p0 * NR, std::min(nc - p0 * NR, (p1 - p0) * NR), k, dst + p0 * NR * kk);
+          pack_panels<NR>(b, ldb, jc + p0 * NR, std::min(nc - p0 * NR, (p1 - p0) * NR), k,
+                          dst + (p0 - jp_first) * NR * kk);
 #ifdef _OPENMP
         if (nthr > 1 && split == Split::Rows) {
 #pragma omp barrier
         }
 #endif
         bblock = dst;
-      }
-      index_t jp_begin = 0, jp_end = n_panels;
-      if (split == Split::Cols) {
-        jp_begin = n_panels * tid / nthr;
-        jp_end = n_panels * (tid + 1) / nthr;
       }
       if (jp_end > jp_begin) {
         for (index_t i0 = row_begin; i0 < row_end; i0 += MR) {
@@ -402,7 +417,7 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
           for (index_t jp = jp_begin; jp < jp_end; ++jp) {
             const index_t j0 = jc + jp * NR;
             const int nr = static_cast<int>(std::min<index_t>(NR, n - j0));
-            micro_kernel<T>(k, ap, lda, bblock + jp * NR * kk, ep, i0, j0, mr, nr, tid);
+            micro_kernel<T>(k, ap, lda, bblock + (jp - jp_first) * NR * kk, ep, i0, j0, mr, nr, tid);
           }
         }
       }
