@@ -23,6 +23,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without a build
 else:
     _CORE_IMPORT_ERROR = None
 
+_MAX_THREADS = 2**31 - 1  # the compiled core stores the count in a C int
 _numba_ok: bool | None = None
 _numba_threads: int | None = None
 
@@ -107,11 +108,11 @@ def set_num_threads(n: int) -> None:
     ``RuntimeWarning`` says so when more than one thread is asked for.
     """
     global _numba_threads
-    if isinstance(n, bool) or not isinstance(n, int):
-        msg = f"n must be an int >= 1; got {type(n).__name__}"
-        raise TypeError(msg)
-    if n < 1:
-        msg = f"n must be >= 1; got {n}"
+    from ._validation import check_positive_int
+
+    n = check_positive_int(n, "n")
+    if n > _MAX_THREADS:
+        msg = f"n must be at most {_MAX_THREADS}; got {n}"
         raise ValueError(msg)
     if _core is not None:
         if not _core.openmp_enabled() and n > 1:

@@ -8,6 +8,17 @@ One place for the rules, so every function answers bad input the same way:
   and what was expected.
 * non-contiguous and negative-stride arrays are accepted; kernels that need
   C-contiguous memory get a copy through :func:`contiguous`.
+* integer arrays (sequence lengths, token ids) must have an integer dtype
+  (``TypeError`` otherwise) and lie in their range (``ValueError``).
+* scalars: options must be one of their choices, counts ints within range,
+  flags real bools, margins and thresholds finite real numbers.
+* ``out`` arrays must be ndarrays of the exact shape and dtype, C-contiguous,
+  writeable and share no memory with any input.
+
+Every public function calls these helpers before it resolves its backend, so no
+argument reaches a compiled kernel unchecked.  The README's section "Reference:
+bad input and special values" lists the rules per function, and
+``tests/test_validation.py`` checks every row of it.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import numbers
 import numpy as np
 
 _FLOAT_KINDS = (np.float32, np.float64)
+_TooHardError = getattr(getattr(np, "exceptions", np), "TooHardError", RuntimeError)
 
 
 def _convert_dtype(dt: np.dtype, name: str) -> np.dtype:
@@ -45,7 +57,10 @@ def as_float_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None, d
             raise TypeError(msg)
         try:
             arr = np.asarray(x)
-        except (ValueError, TypeError) as exc:
+        except ValueError as exc:  # ragged nested sequences
+            msg = f"{name} must be a rectangular (not ragged) array of numbers: {exc}"
+            raise ValueError(msg) from None
+        except TypeError as exc:
             msg = f"{name} must be convertible to a numeric array: {exc}"
             raise TypeError(msg) from None
     target = _convert_dtype(arr.dtype, name)
@@ -62,6 +77,75 @@ def as_float_array(x, name: str, *, ndim: int | tuple[int, ...] | None = None, d
     return arr
 
 
+def as_int_array(x, name: str, *, what: str = "integers", integral_floats: bool = False) -> np.ndarray:
+    """``x`` as an ndarray of an integer dtype; bools and other dtypes raise ``TypeError`` naming ``name``.
+
+    With ``integral_floats`` a float array whose values are all whole numbers
+    (``[3.0, 5.0]``) is accepted and converted to int64.  An empty list is
+    accepted as an empty int64 array.
+    """
+    try:
+        arr = np.asarray(x)
+    except ValueError as exc:  # ragged nested sequences
+        msg = f"{name} must be a rectangular (not ragged) array of {what}: {exc}"
+        raise ValueError(msg) from None
+    if arr.dtype.kind in "iu":
+        return arr
+    if (integral_floats and arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr))
+            and np.all(arr == np.round(arr))):
+        return arr.astype(np.int64)
+    if arr.size == 0 and arr.dtype.kind == "f":  # np.asarray([]) is float64
+        return arr.astype(np.int64)
+    msg = f"{name} must hold {what} (an integer dtype); got dtype {arr.dtype}"
+    raise TypeError(msg)
+
+
+def check_shape(a: np.ndarray, shape: tuple, name: str, what: str) -> np.ndarray:
+    """``a.shape == shape``, or ValueError naming ``name`` and explaining ``what`` the axes are."""
+    if a.shape != tuple(shape):
+        msg = f"{name} must have shape {tuple(shape)} ({what}); got {a.shape}"
+        raise ValueError(msg)
+    return a
+
+
+def check_same_shape(arrays, names, what: str, *, noun: str = "shape") -> None:
+    """All ``arrays`` of one shape; ``what`` says why they must match (``noun``: "shape" or "length")."""
+    shapes = [a.shape for a in arrays]
+    if any(s != shapes[0] for s in shapes[1:]):
+        listed = ", ".join(names[:-1]) + " and " + names[-1]
+        got = " and ".join(str(s) for s in shapes)
+        msg = f"{listed} must have the same {noun} ({what}); got {got}"
+        raise ValueError(msg)
+
+
+def check_same_columns(a: np.ndarray, b: np.ndarray, names: tuple[str, str]) -> None:
+    """Two 2-D arrays with the same number of columns (the feature dimension d)."""
+    if a.shape[1] != b.shape[1]:
+        msg = (f"{names[0]} and {names[1]} must have the same number of columns (d); "
+               f"got {a.shape[1]} and {b.shape[1]}")
+        raise ValueError(msg)
+
+
+def check_float_dtype(dtype, name: str = "dtype") -> np.dtype:
+    """``dtype`` as ``np.dtype``, which must be float32 or float64 (TypeError otherwise)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        msg = f"{name} must be float32 or float64; got {dtype!r}"
+        raise TypeError(msg)
+    return dt
+
+
+def check_bool(value, name: str) -> bool:
+    """A Python or NumPy bool (not merely truthy: ``"no"`` or ``2`` are mistakes)."""
+    if not isinstance(value, (bool, np.bool_)):
+        msg = f"{name} must be a bool; got {type(value).__name__}"
+        raise TypeError(msg)
+    return bool(value)
+
+
 def result_dtype(*arrays: np.ndarray) -> np.dtype:
     """float64 if any input is float64, else float32."""
     for a in arrays:
@@ -75,8 +159,11 @@ def contiguous(a: np.ndarray, dtype) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=dtype)
 
 
-def check_out(out, shape: tuple[int, ...], dtype, *, name: str = "out", inputs: tuple = ()) -> np.ndarray:
-    """Check a user-supplied output array: ndarray, shape, dtype, writeable, C-contiguous, no overlap."""
+def check_out(out, shape: tuple[int, ...], dtype, *, name: str = "out", inputs: dict | None = None) -> np.ndarray:
+    """Check a user-supplied output array: ndarray, shape, dtype, writeable, C-contiguous, no overlap.
+
+    ``inputs`` maps argument names to the arrays ``out`` must not share memory with.
+    """
     if not isinstance(out, np.ndarray):
         msg = f"{name} must be a numpy.ndarray; got {type(out).__name__}"
         raise TypeError(msg)
@@ -92,15 +179,31 @@ def check_out(out, shape: tuple[int, ...], dtype, *, name: str = "out", inputs: 
     if not out.flags.c_contiguous:
         msg = f"{name} must be C-contiguous"
         raise ValueError(msg)
-    for i, a in enumerate(inputs):
-        if a is not None and np.may_share_memory(out, a):
-            msg = f"{name} must not overlap the input arrays (it overlaps input {i})"
+    for arg, a in (inputs or {}).items():
+        if a is not None and _overlaps(out, a):
+            msg = f"{name} must not overlap the inputs; it shares memory with {arg}"
             raise ValueError(msg)
     return out
 
 
+def _overlaps(a: np.ndarray, b: np.ndarray) -> bool:
+    """Exact memory overlap, or True when that is too costly to decide."""
+    if not np.may_share_memory(a, b):
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=1 << 16))
+    except _TooHardError:
+        return True
+
+
 def check_finite_scalar(value, name: str) -> float:
-    """A finite real number, as a Python float."""
+    """A finite real number, as a Python float.
+
+    Python and NumPy numbers are accepted, and so are 0-d arrays and 0-d
+    tensors of a real dtype; NaN and infinities raise ``ValueError``.
+    """
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item") and not isinstance(value, np.generic):
+        value = value.item()  # a 0-d array or tensor: its Python number is checked below
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
         msg = f"{name} must be a real number; got {type(value).__name__}"
         raise TypeError(msg)
@@ -131,13 +234,7 @@ def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
 
 def check_lengths(lengths, batch: int, max_len: int, *, name: str = "lengths") -> np.ndarray:
     """Sequence lengths as a contiguous int64 array of shape (batch,), each within 1..max_len."""
-    arr = np.asarray(lengths)
-    if arr.dtype.kind not in "iu":
-        if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-            arr = arr.astype(np.int64)
-        else:
-            msg = f"{name} must hold integers; got dtype {arr.dtype}"
-            raise TypeError(msg)
+    arr = as_int_array(lengths, name, integral_floats=True)
     if arr.shape != (batch,):
         msg = f"{name} must have shape ({batch},) (one length per sequence); got {arr.shape}"
         raise ValueError(msg)

@@ -6,7 +6,8 @@ import numpy as np
 
 from . import _backend
 from ._reference import cosine as _ref
-from ._validation import as_float_array, check_out, contiguous, empty_aligned, result_dtype
+from ._validation import (as_float_array, check_out, check_same_columns, check_same_shape, contiguous, empty_aligned,
+                          result_dtype)
 
 __all__ = ["cosine_similarity", "cosine_similarity_matrix", "cosine_similarity_rows"]
 
@@ -28,9 +29,7 @@ def cosine_similarity(u, v, /, *, backend: str = "auto"):
     """
     u = as_float_array(u, "u", ndim=1)
     v = as_float_array(v, "v", ndim=1)
-    if u.shape != v.shape:
-        msg = f"u and v must have the same length; got {u.shape[0]} and {v.shape[0]}"
-        raise ValueError(msg)
+    check_same_shape((u, v), ("u", "v"), "two vectors of d entries", noun="length")
     dt = result_dtype(u, v)
     be = _backend.resolve(backend)
     if be == "numpy":
@@ -56,15 +55,13 @@ def cosine_similarity_rows(a, b, /, *, out=None, backend: str = "auto") -> np.nd
     """
     a = as_float_array(a, "a", ndim=2)
     b = as_float_array(b, "b", ndim=2)
-    if a.shape != b.shape:
-        msg = f"a and b must have the same shape for row-wise similarity; got {a.shape} and {b.shape}"
-        raise ValueError(msg)
+    check_same_shape((a, b), ("a", "b"), "row i of a is compared with row i of b")
     dt = result_dtype(a, b)
     n = a.shape[0]
     if out is None:
         out = np.empty(n, dtype=dt)
     else:
-        check_out(out, (n,), dt, inputs=(a, b))
+        check_out(out, (n,), dt, inputs={"a": a, "b": b})
     be = _backend.resolve(backend)
     if be == "numpy":
         out[...] = _ref.cosine_similarity_rows(a.astype(dt, copy=False), b.astype(dt, copy=False))
@@ -104,15 +101,13 @@ def cosine_similarity_matrix(a, b=None, /, *, out=None, backend: str = "auto") -
     a = as_float_array(a, "a", ndim=2)
     if b is not None:
         b = as_float_array(b, "b", ndim=2)
-        if b.shape[1] != a.shape[1]:
-            msg = f"a and b must have the same number of columns (d); got {a.shape[1]} and {b.shape[1]}"
-            raise ValueError(msg)
+        check_same_columns(a, b, ("a", "b"))
     dt = result_dtype(a, b)
     shape = (a.shape[0], (a if b is None else b).shape[0])
     if out is None:
         out = empty_aligned(shape, dt)
     else:
-        check_out(out, shape, dt, inputs=(a, b))
+        check_out(out, shape, dt, inputs={"a": a, "b": b})
     be = _backend.resolve(backend)
     if be == "numpy":
         bb = None if b is None else b.astype(dt, copy=False)

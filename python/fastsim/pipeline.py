@@ -24,7 +24,8 @@ import numpy as np
 
 from . import _backend
 from ._reference.cosine import inverse_norms
-from ._validation import as_float_array, check_choice, check_finite_scalar, check_lengths, check_positive_int
+from ._validation import (as_float_array, as_int_array, check_choice, check_finite_scalar, check_lengths,
+                          check_positive_int, check_same_shape, check_shape)
 from .cosine import cosine_similarity_rows
 
 __all__ = ["PAD_ID", "UNK_ID", "SiameseEncoder", "Vocabulary", "accuracy", "is_duplicate", "similarity"]
@@ -176,9 +177,9 @@ class Vocabulary:
 
     def decode(self, ids) -> list[str]:
         """Tokens of a 1-D id sequence, padding left out."""
-        arr = np.asarray(ids)
-        if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
-            msg = f"ids must be a 1-D sequence of integers; got shape {arr.shape}, dtype {arr.dtype}"
+        arr = as_int_array(ids, "ids", what="integer token ids")
+        if arr.ndim != 1:
+            msg = f"ids must be a 1-D sequence of token ids; got shape {arr.shape}"
             raise ValueError(msg)
         return [self.id_to_token(int(i)) for i in arr if i != PAD_ID]
 
@@ -252,9 +253,7 @@ class Vocabulary:
 def _pair(q1_vecs, q2_vecs):
     a = as_float_array(q1_vecs, "q1_vecs", ndim=2)
     b = as_float_array(q2_vecs, "q2_vecs", ndim=2)
-    if a.shape != b.shape:
-        msg = f"q1_vecs and q2_vecs must have the same shape (one pair per row); got {a.shape} and {b.shape}"
-        raise ValueError(msg)
+    check_same_shape((a, b), ("q1_vecs", "q2_vecs"), "one pair per row")
     return a, b
 
 
@@ -296,10 +295,12 @@ def is_duplicate(q1_vecs, q2_vecs, threshold, *, backend: str = "auto") -> np.nd
 
 
 def _check_labels(labels, n: int) -> np.ndarray:
-    arr = np.asarray(labels)
-    if arr.shape != (n,):
-        msg = f"labels must have shape ({n},) (one label per pair); got {arr.shape}"
-        raise ValueError(msg)
+    try:
+        arr = np.asarray(labels)
+    except ValueError as exc:
+        msg = f"labels must be a 1-D array of booleans or 0/1 numbers: {exc}"
+        raise ValueError(msg) from None
+    check_shape(arr, (n,), "labels", "one label per pair")
     if arr.dtype == bool:
         return arr
     if arr.dtype.kind not in "iuf":
@@ -573,14 +574,7 @@ class SiameseEncoder:
     # ----------------------------------------------------------------- forward
 
     def _check_ids(self, ids) -> np.ndarray:
-        try:
-            arr = np.asarray(ids)
-        except ValueError as exc:  # ragged nested lists
-            msg = f"ids must be a rectangular 2-D array of token ids (pad with 0): {exc}"
-            raise ValueError(msg) from None
-        if arr.dtype.kind not in "iu":
-            msg = f"ids must hold integer token ids; got dtype {arr.dtype}"
-            raise TypeError(msg)
+        arr = as_int_array(ids, "ids", what="integer token ids")
         if arr.ndim != 2:
             msg = f"ids must be 2-D (batch, time); got an array of shape {arr.shape}"
             raise ValueError(msg)

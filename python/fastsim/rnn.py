@@ -49,14 +49,14 @@ import numpy as np
 
 from . import _backend
 from ._reference import rnn as _ref
-from ._validation import as_float_array, check_choice, check_lengths, check_positive_int, result_dtype
+from ._validation import (as_float_array, check_bool, check_choice, check_float_dtype, check_lengths,
+                          check_positive_int, check_shape, result_dtype)
 
 __all__ = ["GRU", "LSTM", "RNN", "RecurrentWeights", "gru_forward", "lstm_forward", "rnn_forward"]
 
 _SUPPORTED = ("numpy", "numba", "cpp")
 
 _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 # --------------------------------------------------------------------------- per-layer dispatch
@@ -144,12 +144,6 @@ class _Prepared:
         return RecurrentWeights(*views)
 
 
-def _check_shape(a: np.ndarray, shape: tuple, name: str, what: str) -> None:
-    if a.shape != tuple(shape):
-        msg = f"{name} must have shape {tuple(shape)} ({what}); got {a.shape}"
-        raise ValueError(msg)
-
-
 def _check_weights(kind, W_ih, W_hh, b_ih, b_hh, *, dtype=None, input_size=None, hidden_size=None, prefix=""):
     """Convert and check one layer's PyTorch-layout weights; biases default to zeros.
 
@@ -168,12 +162,12 @@ def _check_weights(kind, W_ih, W_hh, b_ih, b_hh, *, dtype=None, input_size=None,
     if H < 1:
         msg = f"{names[1]} must have shape ({gates}, H) with H >= 1; got {W_hh.shape}"
         raise ValueError(msg)
-    _check_shape(W_hh, (G * H, H), names[1], f"({gates}, H) with H = {H}")
+    check_shape(W_hh, (G * H, H), names[1], f"({gates}, H) with H = {H}")
     D = W_ih.shape[1] if input_size is None else input_size
-    _check_shape(W_ih, (G * H, D), names[0], f"({gates}, D) with H = {H}, D = {D}")
+    check_shape(W_ih, (G * H, D), names[0], f"({gates}, D) with H = {H}, D = {D}")
     for b, name in ((b_ih, names[2]), (b_hh, names[3])):
         if b is not None:
-            _check_shape(b, (G * H,), name, f"({gates},) with H = {H}")
+            check_shape(b, (G * H,), name, f"({gates},) with H = {H}")
     dt = np.dtype(dtype) if dtype is not None else result_dtype(W_ih, W_hh, b_ih, b_hh)
     zeros = np.zeros(G * H, dtype=dt)
     return (
@@ -295,7 +289,7 @@ def _state(value, name, shape, dt):
     if value is None:
         return np.zeros(shape, dtype=dt)
     arr = as_float_array(value, name, ndim=len(shape))
-    _check_shape(arr, shape, name, "(B, H)" if len(shape) == 2 else "(layers * directions, B, H)")
+    check_shape(arr, shape, name, "(B, H)" if len(shape) == 2 else "(layers * directions, B, H)")
     return _kernel_array(arr, dt)
 
 
@@ -303,6 +297,7 @@ def _state(value, name, shape, dt):
 
 
 def _functional(kind, x, W_ih, W_hh, b_ih, b_hh, states, lengths, batch_first, backend, relu=False):
+    batch_first = check_bool(batch_first, "batch_first")
     x = as_float_array(x, "x", ndim=3)
     W_ih, W_hh, b_ih, b_hh = _check_weights(kind, W_ih, W_hh, b_ih, b_hh)
     H = W_hh.shape[1]
@@ -451,19 +446,8 @@ def _to_numpy(value, name):
 
 def _import_dtype(dtype, arrays):
     if dtype is not None:
-        return _check_dtype(dtype)
+        return check_float_dtype(dtype)
     return result_dtype(*(as_float_array(a, "weights") for a in arrays))
-
-
-def _check_dtype(dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in _FLOAT_DTYPES:
-        msg = f"dtype must be float32 or float64; got {dtype!r}"
-        raise TypeError(msg)
-    return dt
 
 
 def _blocks(a, order, axis):
@@ -572,10 +556,10 @@ class _Recurrent:
         self.input_size = check_positive_int(input_size, "input_size", minimum=0)
         self.hidden_size = check_positive_int(hidden_size, "hidden_size")
         self.num_layers = check_positive_int(num_layers, "num_layers")
-        self.bias = bool(bias)
-        self.bidirectional = bool(bidirectional)
-        self.batch_first = bool(batch_first)
-        self.dtype = _check_dtype(dtype)
+        self.bias = check_bool(bias, "bias")
+        self.bidirectional = check_bool(bidirectional, "bidirectional")
+        self.batch_first = check_bool(batch_first, "batch_first")
+        self.dtype = check_float_dtype(dtype)
         G, H = _GATES[self._KIND], self.hidden_size
         rng = np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(H)
@@ -674,8 +658,8 @@ class _Recurrent:
         obj.num_layers = check_positive_int(num_layers, "num_layers")
         obj.bias = bool(bias)
         obj.bidirectional = bool(bidirectional)
-        obj.batch_first = bool(batch_first)
-        obj.dtype = _check_dtype(dtype)
+        obj.batch_first = check_bool(batch_first, "batch_first")
+        obj.dtype = check_float_dtype(dtype)
         for k, v in extra.items():
             setattr(obj, k, v)
         obj._cells = []
@@ -965,7 +949,7 @@ class GRU(_Recurrent):
         dtype : float32 or float64, optional
         batch_first : bool
         """
-        if not reset_after:
+        if not check_bool(reset_after, "reset_after"):
             msg = (
                 "reset_after=False is not supported: Keras then applies the reset gate before the recurrent "
                 "matrix product, which PyTorch's GRU (and fastsim's) does not compute"
@@ -1115,7 +1099,7 @@ def _keras_arrays_to_torch(kind, kernel, recurrent_kernel, bias, prefix=""):
     kernel = as_float_array(kernel, prefix + "kernel", ndim=2)
     recurrent_kernel = as_float_array(recurrent_kernel, prefix + "recurrent_kernel", ndim=2)
     H = recurrent_kernel.shape[0]
-    _check_shape(recurrent_kernel, (H, G * H), prefix + "recurrent_kernel", f"(H, {gates})")
+    check_shape(recurrent_kernel, (H, G * H), prefix + "recurrent_kernel", f"(H, {gates})")
     if kernel.shape[1] != G * H:
         msg = f"{prefix}kernel must have shape (D, {gates}) with H = {H}; got {kernel.shape}"
         raise ValueError(msg)
@@ -1132,9 +1116,9 @@ def _keras_arrays_to_torch(kind, kernel, recurrent_kernel, bias, prefix=""):
                 "computes a different function; only reset_after=True (bias of shape (2, 3H)) is supported"
             )
             raise ValueError(msg)
-        _check_shape(bias, (2, G * H), prefix + "bias", "(2, 3H): input and recurrent bias, reset_after=True")
+        check_shape(bias, (2, G * H), prefix + "bias", "(2, 3H): input and recurrent bias, reset_after=True")
         return W_ih, W_hh, _blocks(bias[0], order, axis=0), _blocks(bias[1], order, axis=0)
-    _check_shape(bias, (G * H,), prefix + "bias", f"({gates},)")
+    check_shape(bias, (G * H,), prefix + "bias", f"({gates},)")
     return W_ih, W_hh, _blocks(bias, order, axis=0), np.zeros_like(bias)
 
 
@@ -1228,13 +1212,13 @@ def _onnx_weights(kind, W, R, B):
     if num_dirs not in (1, 2):
         msg = f"R must have 1 or 2 directions (axis 0); got shape {R.shape}"
         raise ValueError(msg)
-    _check_shape(R, (num_dirs, G * H, H), "R", f"(num_directions, {gates}, H)")
+    check_shape(R, (num_dirs, G * H, H), "R", f"(num_directions, {gates}, H)")
     if W.shape[:2] != (num_dirs, G * H):
         msg = f"W must have shape ({num_dirs}, {G * H}, D) (num_directions, {gates}, D) with H = {H}; got {W.shape}"
         raise ValueError(msg)
     if B is not None:
         B = as_float_array(B, "B", ndim=2)
-        _check_shape(B, (num_dirs, 2 * G * H), "B", f"(num_directions, {2 * G}H): [Wb, Rb]")
+        check_shape(B, (num_dirs, 2 * G * H), "B", f"(num_directions, {2 * G}H): [Wb, Rb]")
     order = _ONNX_ORDER[kind]
     dirs = []
     for d in range(num_dirs):

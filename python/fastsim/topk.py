@@ -27,7 +27,8 @@ import numpy as np
 
 from . import _backend
 from ._reference import topk as _ref
-from ._validation import as_float_array, check_positive_int, contiguous, result_dtype
+from ._validation import (as_float_array, check_bool, check_positive_int, check_same_columns, contiguous,
+                          result_dtype)
 
 __all__ = ["top_k"]
 
@@ -83,15 +84,9 @@ def top_k(queries, corpus, k, /, *, exclude_self: bool = False, backend: str = "
     """
     queries = as_float_array(queries, "queries", ndim=2)
     corpus = as_float_array(corpus, "corpus", ndim=2)
-    if queries.shape[1] != corpus.shape[1]:
-        msg = (f"queries and corpus must have the same number of columns (d); "
-               f"got {queries.shape[1]} and {corpus.shape[1]}")
-        raise ValueError(msg)
+    check_same_columns(queries, corpus, ("queries", "corpus"))
     k = check_positive_int(k, "k")
-    if not isinstance(exclude_self, (bool, np.bool_)):
-        msg = f"exclude_self must be a bool; got {type(exclude_self).__name__}"
-        raise TypeError(msg)
-    exclude_self = bool(exclude_self)
+    exclude_self = check_bool(exclude_self, "exclude_self")
     m, n = queries.shape[0], corpus.shape[0]
     if exclude_self and m != n:
         msg = (f"exclude_self=True needs queries and corpus to be the same rows (m == n); "

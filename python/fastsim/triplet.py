@@ -52,7 +52,8 @@ import numpy as np
 
 from . import _backend
 from ._reference import triplet as _ref
-from ._validation import as_float_array, check_choice, check_finite_scalar, contiguous, result_dtype
+from ._validation import (as_float_array, check_bool, check_choice, check_finite_scalar, check_same_shape, contiguous,
+                          result_dtype)
 
 __all__ = [
     "HardNegatives",
@@ -165,10 +166,7 @@ def _prepare_pair(v1, v2):
     """``v1``, ``v2`` checked, as C-contiguous arrays of their common float dtype."""
     v1 = as_float_array(v1, "v1", ndim=2)
     v2 = as_float_array(v2, "v2", ndim=2)
-    if v1.shape != v2.shape:
-        msg = (f"v1 and v2 must have the same shape (b, d): row i of each is a duplicate pair; "
-               f"got {v1.shape} and {v2.shape}")
-        raise ValueError(msg)
+    check_same_shape((v1, v2), ("v1", "v2"), "(b, d): row i of each is a duplicate pair")
     _check_batch_size(v1.shape[0], "v1 and v2")
     dt = result_dtype(v1, v2)
     return contiguous(v1, dt), contiguous(v2, dt)
@@ -186,13 +184,6 @@ def _check_options(margin, reduction, empty):
     check_choice(reduction, "reduction", _REDUCTIONS)
     check_choice(empty, "empty", tuple(_EMPTY_CODES))
     return margin
-
-
-def _check_bool(value, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        msg = f"{name} must be a bool; got {type(value).__name__}"
-        raise TypeError(msg)
-    return bool(value)
 
 
 def _reduce(loss: np.ndarray, reduction: str):
@@ -327,7 +318,7 @@ def modified_triplet_loss(v1, v2, /, margin: float = 0.25, *, reduction: str = "
     tiles and never stores it.
     """
     margin = _check_options(margin, reduction, empty)
-    return_parts = _check_bool(return_parts, "return_parts")
+    return_parts = check_bool(return_parts, "return_parts")
     v1, v2 = _prepare_pair(v1, v2)
     be = _backend.resolve(backend, _SUPPORTED)
     if be == "cpp" and not return_parts and reduction != "none" and v1.shape[1] > 0:
@@ -362,7 +353,7 @@ def value_and_grad(v1, v2, /, margin: float = 0.25, *, reduction: str = "sum", e
     rows and the closest term one gathered row per row.
     """
     margin = _check_options(margin, reduction, empty)
-    return_parts = _check_bool(return_parts, "return_parts")
+    return_parts = check_bool(return_parts, "return_parts")
     v1, v2 = _prepare_pair(v1, v2)
     d = v1.shape[1]
     weight = _gradient_weight(reduction, v1.shape[0])
@@ -414,10 +405,7 @@ def triplet_loss(anchor, positive, negative, /, margin: float = 0.25, *, reducti
     check_choice(reduction, "reduction", _REDUCTIONS)
     arrays = [as_float_array(x, name, ndim=(1, 2))
               for x, name in ((anchor, "anchor"), (positive, "positive"), (negative, "negative"))]
-    if not (arrays[0].shape == arrays[1].shape == arrays[2].shape):
-        msg = (f"anchor, positive and negative must have the same shape; got {arrays[0].shape}, "
-               f"{arrays[1].shape} and {arrays[2].shape}")
-        raise ValueError(msg)
+    check_same_shape(arrays, ("anchor", "positive", "negative"), "one triplet per row")
     single = arrays[0].ndim == 1
     dt = result_dtype(*arrays)
     a, p, n = (contiguous(x.reshape(1, -1) if single else x, dt) for x in arrays)
