@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from . import _backend
-from ._reference.cosine import inverse_norms
+from ._reference.cosine import unit_rows
 from ._validation import (as_float_array, as_int_array, check_choice, check_finite_scalar, check_lengths,
                           check_positive_int, check_same_shape, check_shape)
 from .cosine import cosine_similarity_rows
@@ -677,8 +677,7 @@ class SiameseEncoder:
         else:
             out = self._run_layers(self._embedding[ids], run_lengths, backend)
             pooled = self._pool(np.asarray(out), L, T)
-        with np.errstate(invalid="ignore", over="ignore"):
-            return pooled * inverse_norms(pooled)[:, None]
+        return unit_rows(pooled)
 
     def encode(self, ids, lengths=None, *, batch_size: int = 1024, progress=False, backend: str = "auto") -> np.ndarray:
         """Encode token-id sequences into L2-normalized vectors.

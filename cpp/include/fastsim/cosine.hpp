@@ -1,33 +1,100 @@
 // Cosine similarity kernels built on the GEMM engine.
 //
 // Semantics (DESIGN.md): cos(u, v) = u.v / (|u| |v|) clamped to [-1, 1]; a
-// zero vector scores 0 with everything; NaN (or inf, through inf/inf) gives NaN.
+// zero vector scores 0 with everything; a row holding NaN or inf scores NaN
+// with every row (zero rows included) and has a NaN self-similarity.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "gemm.hpp"
 
 namespace fastsim {
 namespace FASTSIM_LEVEL {
 
-// 1/|row| per row (0 for a zero row, NaN stays NaN, an infinite row gives 0 so
-// that inf * 0 turns its similarities into NaN). Accumulated in double.
+// Rows of any finite magnitude.  The kernels multiply raw rows in the input
+// precision and scale the dot products by inverse norms afterwards, which is
+// exact in spirit only while the squares stay inside the normal range: in
+// float32 a row of 1e20 squares to inf and a row of 1e-30 to 0.  Cosine is
+// invariant under scaling a row, so a row whose sum of squares leaves
+// [SafeRange<T>::min, SafeRange<T>::max] is multiplied by a power of two
+// (exactly) into range on a copy before the GEMM.  Inside the range no dot
+// product of two rows can overflow (|x.y| <= |x| |y| <= max) and underflow in
+// the products is negligible against |x| |y| >= min.
 template <class T>
-void inverse_row_norms(const T* a, index_t lda, index_t m, index_t k, T* inv) {
-  auto body = [&](index_t i) {
-    const T* row = a + i * lda;
-    const double s = static_cast<double>(dot<T>(row, row, k));
-    const double nrm = std::sqrt(s);
-    inv[i] = (nrm == 0.0 || std::isinf(nrm)) ? T(0) : static_cast<T>(1.0 / nrm);
-    if (std::isnan(nrm)) inv[i] = static_cast<T>(NAN);
-  };
+struct SafeRange;
+template <>
+struct SafeRange<float> {
+  static constexpr float min = 0x1p-60f, max = 0x1p120f;
+};
+template <>
+struct SafeRange<double> {
+  static constexpr double min = 0x1p-600, max = 0x1p600;
+};
+
+// The inverse norm of one row from its sum of squares s (in T): 1/sqrt(s)
+// inside the safe range, 0 for a zero row, NaN for a row holding NaN or inf,
+// and -1 (a flag) for a finite row outside the range, which needs rescaling.
+template <class T>
+inline T classify_row(const T* row, index_t k, T s) {
+  if (s >= SafeRange<T>::min && s <= SafeRange<T>::max) return static_cast<T>(1.0 / std::sqrt(static_cast<double>(s)));
+  if (std::isnan(s)) return static_cast<T>(NAN);
+  bool any_nonzero = false;
+  for (index_t j = 0; j < k; ++j) {
+    if (!std::isfinite(row[j])) return static_cast<T>(NAN);  // inf (s is inf or, with -inf and inf, NaN)
+    any_nonzero |= row[j] != T(0);
+  }
+  return any_nonzero ? T(-1) : T(0);
+}
+
+// dst = row * 2^-e with e the exponent of the row's largest |entry| (exact,
+// only the exponents change); returns the inverse norm of dst.
+template <class T>
+inline T rescale_row(const T* row, index_t k, T* dst) {
+  T peak = 0;
+  for (index_t j = 0; j < k; ++j) peak = std::max(peak, std::abs(row[j]));
+  int e = 0;
+  std::frexp(peak, &e);
+  for (index_t j = 0; j < k; ++j) dst[j] = std::ldexp(row[j], -e);
+  return static_cast<T>(1.0 / std::sqrt(static_cast<double>(dot<T>(dst, dst, k))));
+}
+
+// inv[i] = classify_row(row i); true when some row needs rescaling.  The sum
+// of squares is accumulated in T (the vectorized dot of the row with itself),
+// the square root and the division are taken in double.
+template <class T>
+bool inverse_row_norms(const T* a, index_t lda, index_t m, index_t k, T* inv) {
   const int nt = (m * k > (1 << 18)) ? num_threads() : 1;
   (void)nt;
+  int flagged = 0;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static) reduction(| : flagged)
 #endif
-  for (index_t i = 0; i < m; ++i) body(i);
+  for (index_t i = 0; i < m; ++i) {
+    const T* row = a + i * lda;
+    inv[i] = classify_row(row, k, dot<T>(row, row, k));
+    flagged |= inv[i] < T(0);
+  }
+  return flagged != 0;
+}
+
+// The rows the kernels multiply: `a` itself, or (when some row is out of the
+// safe range) a copy in `copy` with those rows rescaled.  Fills inv[0..m):
+// 1/|row| of the returned rows, 0 for zero rows, NaN for rows holding NaN/inf.
+template <class T>
+const T* prepare_rows(const T* a, index_t m, index_t k, T* inv, AlignedBuffer<T>& copy) {
+  if (!inverse_row_norms(a, k, m, k, inv)) return a;
+  copy.resize(static_cast<std::size_t>(std::max<index_t>(1, m * k)));
+  T* c = copy.data();
+  for (index_t i = 0; i < m; ++i) {
+    if (inv[i] < T(0))
+      inv[i] = rescale_row(a + i * k, k, c + i * k);
+    else
+      std::copy(a + i * k, a + (i + 1) * k, c + i * k);
+  }
+  return c;
 }
 
 // Epilogue: S[i, j] = clamp(dot * inv_a[i] * inv_b[j]); with `self_diag` the
@@ -81,13 +148,14 @@ struct CosineEpilogue {
 template <class T>
 void cosine_matrix(const T* a, index_t m, const T* b, index_t n, index_t k, T* out, bool self) {
   AlignedBuffer<T> inv(static_cast<std::size_t>(m + (self ? 0 : n) + 1));
+  AlignedBuffer<T> copy_a, copy_b;
   T* inv_a = inv.data();
   T* inv_b = self ? inv_a : inv_a + m;
-  inverse_row_norms(a, k, m, k, inv_a);
-  if (!self) inverse_row_norms(b, k, n, k, inv_b);
+  a = prepare_rows(a, m, k, inv_a, copy_a);
+  b = self ? a : prepare_rows(b, n, k, inv_b, copy_b);
   CosineEpilogue<T> ep{inv_a, inv_b, out, n, self};
   ep.streaming = static_cast<double>(m) * static_cast<double>(n) * sizeof(T) > 32.0 * 1024 * 1024;
-  gemm_nt<T>(a, k, self ? a : b, k, m, n, k, ep);
+  gemm_nt<T>(a, k, b, k, m, n, k, ep);
 #if defined(__x86_64__) || defined(__i386__)
   if (ep.streaming) _mm_sfence();  // order the non-temporal stores before the caller reads
 #endif
@@ -103,16 +171,28 @@ void cosine_rows(const T* a, const T* b, index_t n, index_t k, T* out) {
   for (index_t i = 0; i < n; ++i) {
     const T* x = a + i * k;
     const T* y = b + i * k;
-    const double nx = std::sqrt(static_cast<double>(dot<T>(x, x, k)));
-    const double ny = std::sqrt(static_cast<double>(dot<T>(y, y, k)));
-    const double xy = static_cast<double>(dot<T>(x, y, k));
+    T ix = classify_row(x, k, dot<T>(x, x, k));
+    T iy = classify_row(y, k, dot<T>(y, y, k));
+    std::vector<T> scaled;  // only for rows outside the safe range
+    if (ix < T(0) || iy < T(0)) {
+      scaled.resize(static_cast<std::size_t>(2 * k));
+      if (ix < T(0)) {
+        ix = rescale_row(x, k, scaled.data());
+        x = scaled.data();
+      }
+      if (iy < T(0)) {
+        iy = rescale_row(y, k, scaled.data() + k);
+        y = scaled.data() + k;
+      }
+    }
     double s;
-    if (std::isnan(nx) || std::isnan(ny) || std::isnan(xy) || std::isinf(nx) || std::isinf(ny))
+    if (std::isnan(ix) || std::isnan(iy))
       s = NAN;
-    else if (nx == 0.0 || ny == 0.0)
+    else if (ix == T(0) || iy == T(0))
       s = 0.0;
     else
-      s = clamp_keep_nan(xy / (nx * ny), -1.0, 1.0);
+      s = clamp_keep_nan(static_cast<double>(dot<T>(x, y, k)) * static_cast<double>(ix) * static_cast<double>(iy),
+                         -1.0, 1.0);
     out[i] = static_cast<T>(s);
   }
 }

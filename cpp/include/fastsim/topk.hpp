@@ -119,8 +119,9 @@ void top_k(const T* q, index_t m, const T* c, index_t n, index_t d, index_t k, b
            int64_t* indices) {
   if (m <= 0 || k <= 0) return;
   std::vector<T> inv(static_cast<std::size_t>(m + n));
-  inverse_row_norms(q, d, m, d, inv.data());
-  inverse_row_norms(c, d, n, d, inv.data() + m);
+  AlignedBuffer<T> copy_q, copy_c;
+  q = prepare_rows(q, m, d, inv.data(), copy_q);
+  c = prepare_rows(c, n, d, inv.data() + m, copy_c);
   const int nt = std::max(1, num_threads());
   std::vector<Scored<T>> heaps(static_cast<std::size_t>(nt * m * k));
   std::vector<index_t> counts(static_cast<std::size_t>(nt * m), 0);

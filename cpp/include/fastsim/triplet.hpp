@@ -181,8 +181,9 @@ void triplet_forward(const T* v1, const T* v2, index_t b, index_t d, EmptyMode e
   std::vector<T> inv(static_cast<std::size_t>(2 * b));
   T* inv1 = inv.data();
   T* inv2 = inv.data() + b;
-  inverse_row_norms(v1, d, b, d, inv1);
-  inverse_row_norms(v2, d, b, d, inv2);
+  AlignedBuffer<T> copy1, copy2;  // used only when some row's magnitude is out of the safe range
+  v1 = prepare_rows(v1, b, d, inv1, copy1);
+  v2 = prepare_rows(v2, b, d, inv2, copy2);
   std::vector<double> neg_sum(static_cast<std::size_t>(b), 0.0);
   std::vector<T> top(static_cast<std::size_t>(b), T(-4));
   std::vector<int64_t> top_j(static_cast<std::size_t>(b), -1);
@@ -301,31 +302,68 @@ void hard_negatives_matrix(const T* sim, index_t ld, index_t b, EmptyMode empty,
   for (index_t i = 0; i < b; ++i) row(i);
 }
 
+// Unit rows for the gradient, in double: u = (x * pre) * post.  pre is 1 and
+// post = 1/|x| for rows whose sum of squares is in the safe range; other finite
+// rows are scaled by 2^-e (e the exponent of their largest entry) in two
+// representable steps, pre = 2^-(e/2) and post = 2^-(e - e/2) / |x 2^-e|.
+// 1/|x| = pre * post (inf when it exceeds the range of double: the true
+// gradient magnitude).  Zero rows: post = 0; rows holding NaN or inf: NaN.
+template <class T>
+inline void unit_factors(const T* x, index_t d, double& pre, double& post) {
+  double s = 0;
+  for (index_t k = 0; k < d; ++k) s += static_cast<double>(x[k]) * x[k];
+  pre = 1.0;
+  if (s >= SafeRange<double>::min && s <= SafeRange<double>::max) {
+    post = 1.0 / std::sqrt(s);
+    return;
+  }
+  double peak = 0;
+  for (index_t k = 0; k < d; ++k) {
+    const double v = std::abs(static_cast<double>(x[k]));
+    if (!(v <= std::numeric_limits<double>::max())) {  // inf or NaN
+      post = static_cast<double>(NAN);
+      return;
+    }
+    peak = std::max(peak, v);
+  }
+  if (peak == 0) {
+    post = 0.0;
+    return;
+  }
+  int e = 0;
+  std::frexp(peak, &e);
+  const int e1 = e / 2, e2 = e - e1;
+  double s2 = 0;
+  for (index_t k = 0; k < d; ++k) {
+    const double v = std::ldexp(static_cast<double>(x[k]), -e);
+    s2 += v * v;
+  }
+  pre = std::ldexp(1.0, -e1);
+  post = std::ldexp(1.0 / std::sqrt(s2), -e2);
+}
+
 // Gradient of cost = sum_i w_i * (L1_i + L2_i) with respect to v1 and v2.
 // active1/active2 mark rows whose hinge is strictly positive; `closest_idx`
 // is -1 where the closest term is a constant (floor or empty without index).
 template <class T>
 void triplet_backward(const T* v1, const T* v2, index_t b, index_t d, const int64_t* closest_idx,
                       const uint8_t* active1, const uint8_t* active2, const double* w, T* g1, T* g2) {
-  std::vector<double> inv(static_cast<std::size_t>(2 * b)), nrm(static_cast<std::size_t>(2 * b));
+  // pre[which * b + i], post[...]: u = (x * pre) * post, 1/|x| = pre * post (see unit_factors)
+  std::vector<double> pre(static_cast<std::size_t>(2 * b)), post(static_cast<std::size_t>(2 * b));
   for (index_t i = 0; i < b; ++i) {
-    for (int which = 0; which < 2; ++which) {
-      const T* x = (which ? v2 : v1) + i * d;
-      double s = 0;
-      for (index_t k = 0; k < d; ++k) s += static_cast<double>(x[k]) * x[k];
-      const double n = std::sqrt(s);
-      nrm[which * b + i] = n;
-      inv[which * b + i] = (n > 0 && std::isfinite(n)) ? 1.0 / n : 0.0;
-    }
+    unit_factors(v1 + i * d, d, pre[i], post[i]);
+    unit_factors(v2 + i * d, d, pre[b + i], post[b + i]);
   }
+  auto u1_at = [&](index_t i, index_t k) { return static_cast<double>(v1[i * d + k]) * pre[i] * post[i]; };
+  auto u2_at = [&](index_t i, index_t k) { return static_cast<double>(v2[i * d + k]) * pre[b + i] * post[b + i]; };
   const double inv_negatives = 1.0 / static_cast<double>(b - 1);
   // Column sums of the normalized rows: sum_j u1_j and sum_i c_i u2_i.
   std::vector<double> sum_u1(static_cast<std::size_t>(d), 0.0), sum_cu2(static_cast<std::size_t>(d), 0.0);
   for (index_t i = 0; i < b; ++i) {
-    const double s1 = inv[i], s2 = inv[b + i] * (active1[i] ? w[i] * inv_negatives : 0.0);
+    const double c = active1[i] ? w[i] * inv_negatives : 0.0;
     for (index_t k = 0; k < d; ++k) {
-      sum_u1[k] += v1[i * d + k] * s1;
-      sum_cu2[k] += v2[i * d + k] * s2;
+      sum_u1[k] += u1_at(i, k);
+      sum_cu2[k] += u2_at(i, k) * c;
     }
   }
   // g1 first accumulates dC/du1 (scattered closest terms land on any row),
@@ -337,27 +375,27 @@ void triplet_backward(const T* v1, const T* v2, index_t b, index_t d, const int6
     const double a1 = active1[i] ? 1.0 : 0.0, a2 = active2[i] ? 1.0 : 0.0;
     const double ci = a1 * w[i] * inv_negatives;
     const double pos_w = -(a1 + a2) * w[i];
-    const double i1 = inv[i], i2 = inv[b + i];
     const int64_t kj = active2[i] ? closest_idx[i] : -1;
-    const double ik = kj >= 0 ? inv[kj] : 0.0;
     for (index_t k = 0; k < d; ++k) {
-      const double u1 = v1[i * d + k] * i1, u2 = v2[i * d + k] * i2;
+      const double u1 = u1_at(i, k), u2 = u2_at(i, k);
       double g = pos_w * u1 + ci * (sum_u1[k] - u1);
-      if (kj >= 0) g += w[i] * v1[kj * d + k] * ik;
+      if (kj >= 0) g += w[i] * u1_at(kj, k);
       gu2[k] = g;
       gu1[i * d + k] += static_cast<T>(pos_w * u2 + (sum_cu2[k] - ci * u2));
       if (kj >= 0) gu1[kj * d + k] += static_cast<T>(w[i] * u2);
     }
     // Through u2 = v2 / |v2|: (g - (g.u) u) / |v2|.
+    const double inv_norm = pre[b + i] * post[b + i];
     double gdotu = 0;
-    for (index_t k = 0; k < d; ++k) gdotu += gu2[k] * v2[i * d + k] * i2;
-    for (index_t k = 0; k < d; ++k) g2[i * d + k] = static_cast<T>((gu2[k] - gdotu * v2[i * d + k] * i2) * i2);
+    for (index_t k = 0; k < d; ++k) gdotu += gu2[k] * u2_at(i, k);
+    for (index_t k = 0; k < d; ++k) g2[i * d + k] = static_cast<T>((gu2[k] - gdotu * u2_at(i, k)) * inv_norm);
   }
   for (index_t j = 0; j < b; ++j) {
-    const double i1 = inv[j];
+    const double inv_norm = pre[j] * post[j];
     double gdotu = 0;
-    for (index_t k = 0; k < d; ++k) gdotu += static_cast<double>(gu1[j * d + k]) * v1[j * d + k] * i1;
-    for (index_t k = 0; k < d; ++k) g1[j * d + k] = static_cast<T>((gu1[j * d + k] - gdotu * v1[j * d + k] * i1) * i1);
+    for (index_t k = 0; k < d; ++k) gdotu += static_cast<double>(gu1[j * d + k]) * u1_at(j, k);
+    for (index_t k = 0; k < d; ++k)
+      g1[j * d + k] = static_cast<T>((gu1[j * d + k] - gdotu * u1_at(j, k)) * inv_norm);
   }
 }
 

@@ -4,61 +4,88 @@ The matrix kernel normalizes both operands (a parallel O((m + n) d) pass),
 hands the product to BLAS through ``np.dot`` (SciPy's BLAS under Numba), and
 clamps in a parallel pass; the row kernel fuses the three dot products of a
 row into one loop accumulated in float64.
+
+Rows of any finite magnitude give their cosine: a row whose float64 sum of
+squares lies in [``SAFE_MIN``, ``SAFE_MAX``] is normalized as it is, any other
+finite row is first scaled by a power of two (exact, see :func:`row_factors`).
+float32 rows always fall inside that range in float64; float64 rows leave it
+only beyond about 1e-180 or 1e180.
 """
 
 from __future__ import annotations
+
+import math
 
 import numba as nb
 import numpy as np
 
 _OPTS = dict(nogil=True, cache=True, error_model="numpy")
 
+SAFE_MIN = 2.0**-600
+SAFE_MAX = 2.0**600
+_DBL_MAX = 1.7976931348623157e308
+
 
 @nb.njit(**_OPTS)
-def inverse_norms_f64(a):
-    """1/|row| accumulated and returned in float64: 0 for zero and infinite rows
-    (their scores become 0 or NaN downstream), NaN for rows holding NaN."""
-    m, d = a.shape
-    inv = np.empty(m)
+def row_factors(row):
+    """``(pre, post)`` such that ``(row * pre) * post``, in float64, is the unit row.
+
+    ``pre`` is 1 and ``post = 1/|row|`` for rows whose sum of squares is in the
+    safe range.  Other finite rows are scaled by ``2^-e`` (``e`` the exponent
+    of their largest entry) in two representable steps, so that
+    ``1/|row| = pre * post`` (inf when that exceeds float64's range).  A zero
+    row has ``post = 0``, a row holding NaN or inf ``post = NaN``.
+    """
+    d = row.shape[0]
+    s = 0.0
+    for k in range(d):
+        x = np.float64(row[k])
+        s += x * x
+    if s >= SAFE_MIN and s <= SAFE_MAX:
+        return 1.0, 1.0 / np.sqrt(s)
+    peak = 0.0
+    for k in range(d):
+        x = abs(np.float64(row[k]))
+        if not x <= _DBL_MAX:  # inf or NaN
+            return 1.0, np.nan
+        peak = max(peak, x)
+    if peak == 0.0:
+        return 1.0, 0.0
+    e = math.frexp(peak)[1]
+    s = 0.0
+    for k in range(d):
+        x = math.ldexp(np.float64(row[k]), -e)
+        s += x * x
+    e1 = e // 2
+    return math.ldexp(1.0, -e1), math.ldexp(1.0 / np.sqrt(s), e1 - e)
+
+
+@nb.njit(**_OPTS)
+def unit_factors(a):
+    """:func:`row_factors` of every row of ``a``: two float64 arrays ``(pre, post)``."""
+    m = a.shape[0]
+    pre = np.empty(m)
+    post = np.empty(m)
     for i in range(m):
-        s = 0.0
-        for k in range(d):
-            x = np.float64(a[i, k])
-            s += x * x
-        nrm = np.sqrt(s)
-        inv[i] = nrm if nrm != nrm else (0.0 if nrm == 0.0 or nrm == np.inf else 1.0 / nrm)
-    return inv
+        pre[i], post[i] = row_factors(a[i])
+    return pre, post
 
 
-def _inverse_norms_py(a):
-    m, d = a.shape
-    inv = np.empty(m, dtype=a.dtype)
-    for i in nb.prange(m):
-        s = 0.0
-        for k in range(d):
-            x = np.float64(a[i, k])
-            s += x * x
-        nrm = np.sqrt(s)
-        if np.isnan(nrm):
-            inv[i] = np.nan
-        elif nrm == 0.0 or np.isinf(nrm):
-            inv[i] = 0.0  # zero row scores 0; inf row gives inf * 0 = NaN downstream
-        else:
-            inv[i] = 1.0 / nrm
-    return inv
-
-
-def _scaled_py(a, inv):
+def _unit_rows_py(a):
+    """Unit rows in ``a``'s dtype (scaled in float64) and each row's ``post``
+    factor: 0 for zero rows, NaN for rows holding NaN or inf, positive otherwise."""
     m, d = a.shape
     out = np.empty_like(a)
+    post = np.empty(m)
     for i in nb.prange(m):
-        w = inv[i]
+        p, q = row_factors(a[i])
+        post[i] = q
         for k in range(d):
-            out[i, k] = a[i, k] * w
-    return out
+            out[i, k] = (np.float64(a[i, k]) * p) * q
+    return out, post
 
 
-def _clamp_rows_py(out, inv_a, self_diag):
+def _clamp_rows_py(out, post_a, self_diag):
     m, n = out.shape
     for i in nb.prange(m):
         for j in range(n):
@@ -68,7 +95,7 @@ def _clamp_rows_py(out, inv_a, self_diag):
             elif s < -1.0:
                 out[i, j] = -1.0
         if self_diag:
-            w = inv_a[i]
+            w = post_a[i]
             if np.isnan(w):
                 out[i, i] = np.nan
             elif w > 0:
@@ -79,36 +106,33 @@ def _clamp_rows_py(out, inv_a, self_diag):
 
 # Each helper exists twice: parallel for large inputs, serial for small ones,
 # where waking the thread pool costs more than the work.
-_inverse_norms = nb.njit(parallel=True, **_OPTS)(_inverse_norms_py)
-_scaled = nb.njit(parallel=True, **_OPTS)(_scaled_py)
+_unit_rows = nb.njit(parallel=True, **_OPTS)(_unit_rows_py)
 _clamp_rows = nb.njit(parallel=True, **_OPTS)(_clamp_rows_py)
-_inverse_norms_serial = nb.njit(**_OPTS)(_inverse_norms_py)
-_scaled_serial = nb.njit(**_OPTS)(_scaled_py)
+_unit_rows_serial = nb.njit(**_OPTS)(_unit_rows_py)
 _clamp_rows_serial = nb.njit(**_OPTS)(_clamp_rows_py)
 
 _PARALLEL_MIN_WORK = 1 << 20  # multiply-adds below which the serial helpers win
 
 
-def _make_matrix(inverse_norms, scaled, clamp_rows):
+def _make_matrix(unit_rows, clamp_rows):
     @nb.njit(**_OPTS)
     def matrix(a, b, out, self_sim):
-        inv_a = inverse_norms(a)
-        an = scaled(a, inv_a)
+        an, post_a = unit_rows(a)
         if self_sim:
             bn = an
         else:
-            bn = scaled(b, inverse_norms(b))
+            bn = unit_rows(b)[0]
         if a.shape[1] == 0:
             out[:, :] = 0.0
         else:
             np.dot(an, bn.T, out)
-        clamp_rows(out, inv_a, self_sim)
+        clamp_rows(out, post_a, self_sim)
 
     return matrix
 
 
-_matrix = _make_matrix(_inverse_norms, _scaled, _clamp_rows)
-_matrix_serial = _make_matrix(_inverse_norms_serial, _scaled_serial, _clamp_rows_serial)
+_matrix = _make_matrix(_unit_rows, _clamp_rows)
+_matrix_serial = _make_matrix(_unit_rows_serial, _clamp_rows_serial)
 
 
 def cosine_matrix(a, b, out):
@@ -134,14 +158,21 @@ def _rows_py(a, b, out):
             xy += x * y
             xx += x * x
             yy += y * y
-        nx = np.sqrt(xx)
-        ny = np.sqrt(yy)
-        if np.isnan(xy) or np.isnan(nx) or np.isnan(ny) or np.isinf(nx) or np.isinf(ny):
+        if xx >= SAFE_MIN and xx <= SAFE_MAX and yy >= SAFE_MIN and yy <= SAFE_MAX:
+            s = xy / (np.sqrt(xx) * np.sqrt(yy))
+            out[i] = min(1.0, max(-1.0, s))
+            continue
+        # a zero, non-finite or out-of-range row: through the unit rows
+        px, qx = row_factors(a[i])
+        py, qy = row_factors(b[i])
+        if np.isnan(qx) or np.isnan(qy):
             out[i] = np.nan
-        elif nx == 0.0 or ny == 0.0:
+        elif qx == 0.0 or qy == 0.0:
             out[i] = 0.0
         else:
-            s = xy / (nx * ny)
+            s = 0.0
+            for k in range(d):
+                s += ((np.float64(a[i, k]) * px) * qx) * ((np.float64(b[i, k]) * py) * qy)
             out[i] = min(1.0, max(-1.0, s))
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .cosine import inverse_norms_f64
+from .cosine import row_factors
 
 CORPUS_TILE = 4096
 QUERY_BLOCK = 1024
@@ -40,18 +40,15 @@ _SPAN = 128
 
 @nb.njit(**_OPTS)
 def _normalized(a):
-    """Rows of ``a`` divided by their norms (accumulated in float64); zero rows stay 0.
-
-    NaN stays NaN and a row holding inf becomes NaN (inf * 0), as in the
-    cosine kernels.
-    """
+    """Rows of ``a`` divided by their norms (scaled in float64, any finite
+    magnitude; see :func:`.cosine.row_factors`); zero rows stay 0, rows
+    holding NaN or inf become NaN, as in the cosine kernels."""
     m, d = a.shape
-    inv = inverse_norms_f64(a)
     out = np.empty_like(a)
     for i in range(m):
-        w = inv[i]
+        p, q = row_factors(a[i])
         for k in range(d):
-            out[i, k] = a[i, k] * w
+            out[i, k] = (np.float64(a[i, k]) * p) * q
     return out
 
 

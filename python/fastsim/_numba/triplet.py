@@ -52,7 +52,7 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
-from .cosine import inverse_norms_f64
+from .cosine import row_factors, unit_factors
 
 ROW_BLOCK = 1024
 COL_BLOCK = 4096
@@ -66,27 +66,18 @@ EMPTY_FLOOR = 1
 
 @nb.njit(**_OPTS)
 def _normalized(x):
-    """Unit rows in the input dtype (zero rows stay zero, NaN/inf rows become NaN) and 1/|row| in float64."""
+    """Unit rows in the input dtype (zero rows stay zero, NaN/inf rows become NaN).
+
+    Scaled in float64 (1/|x| of a tiny float32 row may not fit in float32),
+    through :func:`.cosine.row_factors`, so any finite magnitude works.
+    """
     n, d = x.shape
     out = np.empty_like(x)
-    inv = np.empty(n, dtype=np.float64)
     for i in range(n):
-        s = 0.0
+        p, q = row_factors(x[i])
         for k in range(d):
-            v = np.float64(x[i, k])
-            s += v * v
-        nrm = np.sqrt(s)
-        if nrm != nrm:
-            w = np.nan
-        elif nrm == 0.0 or nrm == np.inf:
-            w = 0.0  # zero rows score 0; an inf entry gives inf * 0 = NaN below
-        else:
-            w = 1.0 / nrm
-        inv[i] = w
-        # scale in float64: 1/|x| of a tiny float32 row may not fit in float32
-        for k in range(d):
-            out[i, k] = x[i, k] * w
-    return out, inv
+            out[i, k] = (np.float64(x[i, k]) * p) * q
+    return out
 
 
 @nb.njit(inline="always")
@@ -196,8 +187,8 @@ def _tile(buf, buf_keys, a, b_rows):
 def _forward(v1, v2, empty, buf, buf_keys, positive, positive_bits, k, row_block, col_block):
     b, d = v1.shape
     dt = v1.dtype
-    u1, inv1 = _normalized(v1)
-    u2, inv2 = _normalized(v2)
+    u1 = _normalized(v1)
+    u2 = _normalized(v2)
 
     # sum over j != i of s[i, j] = u2_i . (sum_j u1_j) - u2_i . u1_i, in float64
     u1_sum = np.zeros(d, dtype=np.float64)
@@ -316,24 +307,26 @@ def triplet_forward(v1, v2, empty):
 
 
 @nb.njit(inline="always")
-def _project_into(g, x, inv, i, out):
-    # through u = x / |x|: drop the component along u, scale by 1/|x|
+def _project_into(g, x, pre, post, i, out):
+    # through u = x / |x|: drop the component along u, scale by 1/|x| = pre * post
     d = g.shape[0]
-    w = inv[i]
+    p = pre[i]
+    q = post[i]
     along = 0.0
     for k in range(d):
-        along += g[k] * (x[i, k] * w)
+        along += g[k] * ((x[i, k] * p) * q)
+    inv_norm = p * q
     for k in range(d):
-        out[i, k] = (g[k] - along * (x[i, k] * w)) * w
+        out[i, k] = (g[k] - along * ((x[i, k] * p) * q)) * inv_norm
 
 
 @nb.njit(**_OPTS)
 def _backward(v1, v2, closest_idx, active1, active2, weight, grad_v1, grad_v2):
     b, d = v1.shape
-    # float64 arithmetic throughout (O(b d) work): the unit rows u = x / |x| are
-    # formed on the fly from the inputs and these inverse norms, never stored
-    inv1 = inverse_norms_f64(v1)
-    inv2 = inverse_norms_f64(v2)
+    # float64 arithmetic throughout (O(b d) work): the unit rows u = (x * pre) * post
+    # are formed on the fly from the inputs and these factors, never stored
+    pre1, post1 = unit_factors(v1)
+    pre2, post2 = unit_factors(v2)
     # each row's weight on its b - 1 mean-term scores, its positive and its closest negative
     mean_w = np.empty(b)
     pos_w = np.empty(b)
@@ -349,11 +342,13 @@ def _backward(v1, v2, closest_idx, active1, active2, weight, grad_v1, grad_v2):
     u1_sum = np.zeros(d)
     u2_weighted_sum = np.zeros(d)
     for i in range(b):
-        w1 = inv1[i]
-        w2 = mean_w[i] * inv2[i]
+        p1 = pre1[i]
+        q1 = post1[i]
+        p2 = pre2[i]
+        q2 = mean_w[i] * post2[i]
         for k in range(d):
-            u1_sum[k] += v1[i, k] * w1
-            u2_weighted_sum[k] += v2[i, k] * w2
+            u1_sum[k] += (v1[i, k] * p1) * q1
+            u2_weighted_sum[k] += (v2[i, k] * p2) * q2
 
     # the rows whose closest negative is column j, grouped by j (a counting sort),
     # so that the closest term of dC/du1_j is a gather rather than a scatter
@@ -373,31 +368,34 @@ def _backward(v1, v2, closest_idx, active1, active2, weight, grad_v1, grad_v2):
     g = np.empty(d)
     # dC/du2_i = pos_w_i u1_i + mean_w_i (sum_j u1_j - u1_i) + closest_w_i u1_{k_i}
     for i in range(b):
-        w1 = inv1[i]
+        p1 = pre1[i]
+        q1 = post1[i]
         pw = pos_w[i]
         mw = mean_w[i]
         for k in range(d):
-            u1 = v1[i, k] * w1
+            u1 = (v1[i, k] * p1) * q1
             g[k] = pw * u1 + mw * (u1_sum[k] - u1)
         cw = closest_w[i]
         if cw != 0.0:
             kj = closest_idx[i]
-            wk = cw * inv1[kj]
+            pk = pre1[kj]
+            wk = cw * post1[kj]
             for k in range(d):
-                g[k] += v1[kj, k] * wk
-        _project_into(g, v2, inv2, i, grad_v2)
+                g[k] += (v1[kj, k] * pk) * wk
+        _project_into(g, v2, pre2, post2, i, grad_v2)
     # dC/du1_j = pos_w_j u2_j + (sum_i mean_w_i u2_i - mean_w_j u2_j) + sum_{i: k_i = j} closest_w_i u2_i
     for j in range(b):
-        w2 = inv2[j]
-        c = (pos_w[j] - mean_w[j]) * w2
+        p2 = pre2[j]
+        c = (pos_w[j] - mean_w[j]) * post2[j]
         for k in range(d):
-            g[k] = v2[j, k] * c + u2_weighted_sum[k]
+            g[k] = (v2[j, k] * p2) * c + u2_weighted_sum[k]
         for r in range(start[j], start[j + 1]):
             i = chosen_by[r]
-            wi = closest_w[i] * inv2[i]
+            pi = pre2[i]
+            wi = closest_w[i] * post2[i]
             for k in range(d):
-                g[k] += v2[i, k] * wi
-        _project_into(g, v1, inv1, j, grad_v1)
+                g[k] += (v2[i, k] * pi) * wi
+        _project_into(g, v1, pre1, post1, j, grad_v1)
 
 
 def triplet_backward(v1, v2, closest_idx, active1, active2, weight):

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cosine import cosine_similarity_matrix, cosine_similarity_rows, inverse_norms
+from .cosine import cosine_similarity_matrix, cosine_similarity_rows, row_norms, unit_rows
 
 EMPTY_MODES = ("shift", "floor")
 
@@ -152,18 +152,22 @@ def triplet_backward(v1, v2, closest_index, active1, active2, weight):
     dt = v1.dtype
     x1 = v1.astype(np.float64)
     x2 = v2.astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        inv1 = inverse_norms(x1)
-        inv2 = inverse_norms(x2)
-        u1 = x1 * inv1[:, None]
-        u2 = x2 * inv2[:, None]
-        G = score_gradient(closest_index, active1, active2, weight)
+    u1, u2 = unit_rows(x1), unit_rows(x2)
+    G = score_gradient(closest_index, active1, active2, weight)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         grad_u2 = G @ u1
         grad_u1 = G.T @ u2
-        # through u = x / |x|: the component along u is lost, the rest scales by 1/|x|
-        grad_v2 = (grad_u2 - u2 * np.sum(grad_u2 * u2, axis=1, keepdims=True)) * inv2[:, None]
-        grad_v1 = (grad_u1 - u1 * np.sum(grad_u1 * u1, axis=1, keepdims=True)) * inv1[:, None]
-    return grad_v1.astype(dt), grad_v2.astype(dt)
+        # through u = x / |x|: the component along u is lost, the rest scales by
+        # 1/|x|; a zero row (|x| = 0) gets a zero gradient
+        grad_v2 = _through_norm(grad_u2 - u2 * np.sum(grad_u2 * u2, axis=1, keepdims=True), row_norms(x2))
+        grad_v1 = _through_norm(grad_u1 - u1 * np.sum(grad_u1 * u1, axis=1, keepdims=True), row_norms(x1))
+        return grad_v1.astype(dt), grad_v2.astype(dt)
+
+
+def _through_norm(g, norms):
+    out = np.zeros_like(g)
+    np.divide(g, norms[:, None], out=out, where=(norms != 0)[:, None])
+    return out
 
 
 def row_weights(reduction: str, b: int) -> float:
