@@ -8,7 +8,7 @@
 // tanh(x) = 2 sigmoid(2x) - 1 absolute errors below 3e-7 (float) and 1e-15
 // (double).  Measured maxima: 1.1e-7 / 9e-8 / 1.8e-7 (float) and
 // 1.8e-16 / 1.7e-16 / 3.3e-16 (double).  Inputs are clamped so nothing
-// overflows; NaN propagates.
+// overflows; NaN propagates; sigmoid is exactly 0 below -80.
 #pragma once
 
 #include <cstdint>
@@ -78,9 +78,14 @@ inline V vexp(V x) {
   return out;
 }
 
+// Exactly 0 below -80 (the true value is under 1.8e-35), as in the reference
+// (SIGMOID_ZERO_BELOW): with exp's argument clamped the formula would give a
+// tiny number there, and a closed gate times an infinite state must be
+// 0 * inf = NaN in every backend, not inf.
 template <class T, class V>
 inline V vsigmoid(V x) {
-  return T(1) / (T(1) + vexp<T>(-x));
+  const V s = T(1) / (T(1) + vexp<T>(-x));
+  return (x < T(-80)) ? V{} : s;
 }
 
 template <class T, class V>

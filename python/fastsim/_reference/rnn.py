@@ -36,11 +36,26 @@ from __future__ import annotations
 import numpy as np
 
 
+# Below this argument the logistic function is exactly 0 (its value is under
+# 1.8e-35) in every backend: the compiled kernels clamp exp's argument and
+# would otherwise return a tiny number there, which only matters against an
+# infinite state, where 0 * inf is NaN and tiny * inf is inf.
+SIGMOID_ZERO_BELOW = -80.0
+
+
 def sigmoid(z: np.ndarray) -> np.ndarray:
-    """Logistic function ``1 / (1 + exp(-z))``."""
+    """Logistic function ``1 / (1 + exp(-z))``, exactly 0 below ``SIGMOID_ZERO_BELOW``."""
     # exp(-z) overflows to inf for very negative z, and 1 / inf = 0 is the right limit
-    with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-z))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(z < SIGMOID_ZERO_BELOW, 0.0, 1.0 / (1.0 + np.exp(-z))).astype(z.dtype, copy=False)
+
+
+def _ieee():
+    """NaN and inf follow IEEE arithmetic without warnings, as in the compiled backends.
+
+    (Overflow in a product and inf - inf are data, documented per function, not errors.)
+    """
+    return np.errstate(over="ignore", invalid="ignore", under="ignore")
 
 
 def _time_steps(T: int, reverse: bool) -> range:
@@ -56,28 +71,31 @@ def _full_lengths(lengths, B: int, T: int) -> np.ndarray:
 
 def lstm_cell(x_t, h, c, W_ih, W_hh, bias):
     """One LSTM step for a batch: ``x_t`` (B, D), ``h``, ``c`` (B, H) -> ``(h', c')``."""
-    gates = x_t @ W_ih.T + h @ W_hh.T + bias
-    i, f, g, o = np.split(gates, 4, axis=1)
-    i, f, g, o = sigmoid(i), sigmoid(f), np.tanh(g), sigmoid(o)
-    c_new = f * c + i * g
-    h_new = o * np.tanh(c_new)
+    with _ieee():
+        gates = x_t @ W_ih.T + h @ W_hh.T + bias
+        i, f, g, o = np.split(gates, 4, axis=1)
+        i, f, g, o = sigmoid(i), sigmoid(f), np.tanh(g), sigmoid(o)
+        c_new = f * c + i * g
+        h_new = o * np.tanh(c_new)
     return h_new, c_new
 
 
 def gru_cell(x_t, h, W_ih, W_hh, b_ih, b_hh):
     """One GRU step for a batch: ``x_t`` (B, D), ``h`` (B, H) -> ``h'``."""
-    x_r, x_z, x_n = np.split(x_t @ W_ih.T + b_ih, 3, axis=1)
-    h_r, h_z, h_n = np.split(h @ W_hh.T + b_hh, 3, axis=1)
-    r = sigmoid(x_r + h_r)
-    z = sigmoid(x_z + h_z)
-    n = np.tanh(x_n + r * h_n)
-    return (1.0 - z) * n + z * h
+    with _ieee():
+        x_r, x_z, x_n = np.split(x_t @ W_ih.T + b_ih, 3, axis=1)
+        h_r, h_z, h_n = np.split(h @ W_hh.T + b_hh, 3, axis=1)
+        r = sigmoid(x_r + h_r)
+        z = sigmoid(x_z + h_z)
+        n = np.tanh(x_n + r * h_n)
+        return (1.0 - z) * n + z * h
 
 
 def rnn_cell(x_t, h, W_ih, W_hh, bias, nonlinearity="tanh"):
     """One vanilla RNN step for a batch: ``x_t`` (B, D), ``h`` (B, H) -> ``h'``."""
-    a = x_t @ W_ih.T + h @ W_hh.T + bias
-    return np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0.0)
+    with _ieee():
+        a = x_t @ W_ih.T + h @ W_hh.T + bias
+        return np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0.0)
 
 
 # --------------------------------------------------------------------------- one layer, one direction
