@@ -384,14 +384,22 @@ void triplet_backward(const T* v1, const T* v2, index_t b, index_t d, const int6
       gu1[i * d + k] += static_cast<T>(pos_w * u2 + (sum_cu2[k] - ci * u2));
       if (kj >= 0) gu1[kj * d + k] += static_cast<T>(w[i] * u2);
     }
-    // Through u2 = v2 / |v2|: (g - (g.u) u) / |v2|.
+    // Through u2 = v2 / |v2|: (g - (g.u) u) / |v2|; a zero row gets 0 whatever g is (even NaN).
     const double inv_norm = pre[b + i] * post[b + i];
+    if (inv_norm == 0) {
+      for (index_t k = 0; k < d; ++k) g2[i * d + k] = T(0);
+      continue;
+    }
     double gdotu = 0;
     for (index_t k = 0; k < d; ++k) gdotu += gu2[k] * u2_at(i, k);
     for (index_t k = 0; k < d; ++k) g2[i * d + k] = static_cast<T>((gu2[k] - gdotu * u2_at(i, k)) * inv_norm);
   }
   for (index_t j = 0; j < b; ++j) {
     const double inv_norm = pre[j] * post[j];
+    if (inv_norm == 0) {
+      for (index_t k = 0; k < d; ++k) g1[j * d + k] = T(0);
+      continue;
+    }
     double gdotu = 0;
     for (index_t k = 0; k < d; ++k) gdotu += static_cast<double>(gu1[j * d + k]) * u1_at(j, k);
     for (index_t k = 0; k < d; ++k)

@@ -190,19 +190,30 @@ def _forward(v1, v2, empty, buf, buf_keys, positive, positive_bits, k, row_block
     u1 = _normalized(v1)
     u2 = _normalized(v2)
 
-    # sum over j != i of s[i, j] = u2_i . (sum_j u1_j) - u2_i . u1_i, in float64
+    # sum over j != i of s[i, j] = u2_i . (sum_j u1_j) - u2_i . u1_i, in float64.  A NaN row
+    # of u1 (NaN or inf in v1) is left out of the sum: it makes the mean of every
+    # other row NaN, but not the mean of its own row, where it is the positive.
     u1_sum = np.zeros(d, dtype=np.float64)
+    nan_rows = np.zeros(b, dtype=np.bool_)
     for j in range(b):
         for kk in range(d):
-            u1_sum[kk] += u1[j, kk]
+            nan_rows[j] |= np.isnan(u1[j, kk])
+        if not nan_rows[j]:
+            for kk in range(d):
+                u1_sum[kk] += u1[j, kk]
+    n_nan = nan_rows.sum()
     mean_negative = np.empty(b, dtype=dt)
     for i in range(b):
+        if n_nan - nan_rows[i] > 0:
+            mean_negative[i] = np.nan
+            continue
         total = 0.0
         own = 0.0
         for kk in range(d):
             x = np.float64(u2[i, kk])
             total += x * u1_sum[kk]
-            own += x * u1[i, kk]
+            if not nan_rows[i]:
+                own += x * u1[i, kk]
         mean_negative[i] = (total - own) / (b - 1)
 
     limit_key = np.empty(b, dtype=buf_keys.dtype)
@@ -308,10 +319,15 @@ def triplet_forward(v1, v2, empty):
 
 @nb.njit(inline="always")
 def _project_into(g, x, pre, post, i, out):
-    # through u = x / |x|: drop the component along u, scale by 1/|x| = pre * post
+    # through u = x / |x|: drop the component along u, scale by 1/|x| = pre * post;
+    # a zero row gets 0 whatever g is (even NaN)
     d = g.shape[0]
     p = pre[i]
     q = post[i]
+    if q == 0.0:
+        for k in range(d):
+            out[i, k] = 0.0
+        return
     along = 0.0
     for k in range(d):
         along += g[k] * ((x[i, k] * p) * q)
