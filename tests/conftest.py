@@ -9,8 +9,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 import fastsim
+
+# Hypothesis settings for tests that do not set their own: "fastsim" (the
+# default) keeps the suite quick; "thorough" explores far more examples:
+#   python -m pytest tests/test_properties.py --hypothesis-profile=thorough
+settings.register_profile(
+    "fastsim",
+    max_examples=15,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
+settings.register_profile("thorough", settings.get_profile("fastsim"), max_examples=400)
+settings.load_profile("fastsim")
 
 ALL_BACKENDS = ("numpy", "numba", "cpp")
 DTYPES = (np.float32, np.float64)

@@ -20,16 +20,20 @@ BACKENDS = backend_params(topk_mod._SUPPORTED)
 # --------------------------------------------------------------------------- the oracle
 
 
+def _unit(a):
+    """Rows divided by their largest |entry|, then by their norm: no square overflows or underflows."""
+    a = np.asarray(a, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        peak = np.max(np.abs(a), axis=1, initial=0)
+        a = a / np.where(peak == 0, 1.0, peak)[:, None]
+        n = np.linalg.norm(a, axis=1)
+        return a / np.where(n == 0, 1.0, n)[:, None]
+
+
 def _full_scores(q, c):
     """Cosine matrix in float64, written independently of fastsim."""
-    q = np.asarray(q, dtype=np.float64)
-    c = np.asarray(c, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        nq = np.linalg.norm(q, axis=1)
-        nc = np.linalg.norm(c, axis=1)
-        qn = q / np.where(nq == 0, 1.0, nq)[:, None]
-        cn = c / np.where(nc == 0, 1.0, nc)[:, None]
-        return np.clip(qn @ cn.T, -1.0, 1.0)
+    with np.errstate(invalid="ignore"):
+        return np.clip(_unit(q) @ _unit(c).T, -1.0, 1.0)
 
 
 def _oracle(q, c, exclude_self):
