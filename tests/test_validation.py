@@ -117,6 +117,18 @@ def _fwd(name, be, **kw):
     return _FORWARDS[name](args.pop("x"), args.pop("W_ih"), args.pop("W_hh"), backend=be, **args)
 
 
+def _without(name, value, call):
+    """``call()`` with ``fastsim._backend.<name>`` set to ``value`` (a backend that is not there)."""
+    from fastsim import _backend
+
+    saved = getattr(_backend, name)
+    setattr(_backend, name, value)
+    try:
+        return call()
+    finally:
+        setattr(_backend, name, saved)
+
+
 def C(function, bad_input, call, exc, match, *, uses_backend=True, backends=BACKENDS):
     return Case(function, bad_input, call, exc, match, uses_backend, backends)
 
@@ -125,7 +137,6 @@ def _no_backend(function, bad_input, call, exc, match):
     return Case(function, bad_input, lambda be: call(), exc, match, uses_backend=False)
 
 
-_HN = ("numpy", "numba")  # hard_negatives works on a given matrix: NumPy and Numba only
 
 # --------------------------------------------------------------------------- the bad-input table
 
@@ -141,7 +152,7 @@ BAD_INPUT = [
             C("top_k", "queries datetime", lambda be: fastsim.top_k(
                 np.zeros((2, 3), "M8[s]"), _m(), 1, backend=be), TypeError, r"\bqueries must hold real"),
             C("hard_negatives", "sim complex", lambda be: fastsim.hard_negatives(
-                np.eye(3, dtype=complex), backend=be), TypeError, r"\bsim must hold real", backends=_HN),
+                np.eye(3, dtype=complex), backend=be), TypeError, r"\bsim must hold real"),
             C("modified_triplet_loss", "v2 complex", lambda be: fastsim.modified_triplet_loss(
                 _m(), _m().astype(complex), backend=be), TypeError, r"\bv2 must hold real"),
             C("triplet_loss", "negative object", lambda be: fastsim.triplet_loss(
@@ -193,7 +204,7 @@ BAD_INPUT = [
             C("top_k", "queries 1-D", lambda be: fastsim.top_k(np.ones(3), _m(), 1, backend=be),
               ValueError, r"\bqueries must be 2-D"),
             C("hard_negatives", "sim 1-D", lambda be: fastsim.hard_negatives(np.ones(3), backend=be),
-              ValueError, r"\bsim must be 2-D", backends=_HN),
+              ValueError, r"\bsim must be 2-D"),
             C("modified_triplet_loss_grad", "v1 3-D", lambda be: fastsim.modified_triplet_loss_grad(
                 np.ones((2, 2, 2)), np.ones((2, 2)), backend=be), ValueError, r"\bv1 must be 2-D"),
             C("triplet_loss", "anchor 3-D", lambda be: fastsim.triplet_loss(
@@ -223,7 +234,7 @@ BAD_INPUT = [
             C("top_k", "queries, corpus with different d", lambda be: fastsim.top_k(
                 _m(2, 3), _m(5, 4), 1, backend=be), ValueError, r"\bqueries and corpus must have the same number"),
             C("hard_negatives", "sim not square", lambda be: fastsim.hard_negatives(
-                np.ones((2, 3)), backend=be), ValueError, r"\bsim must be a square", backends=_HN),
+                np.ones((2, 3)), backend=be), ValueError, r"\bsim must be a square"),
             C("modified_triplet_loss", "v1, v2 of different shapes", lambda be: fastsim.modified_triplet_loss(
                 _m(4), _m(5), backend=be), ValueError, r"\bv1 and v2 must have the same shape"),
             C("triplet_loss", "anchor, positive, negative differ", lambda be: fastsim.triplet_loss(
@@ -318,7 +329,7 @@ BAD_INPUT = [
             C("modified_triplet_loss_grad", "b = 0", lambda be: fastsim.modified_triplet_loss_grad(
                 _m(0), _m(0), backend=be), ValueError, r"batch size b of v1 and v2 must be >= 2"),
             C("hard_negatives", "1 x 1", lambda be: fastsim.hard_negatives(np.ones((1, 1)), backend=be),
-              ValueError, r"batch size b of sim must be >= 2", backends=_HN),
+              ValueError, r"batch size b of sim must be >= 2"),
             C("ModifiedTripletLoss", "b = 1", lambda be: _torch_loss(_m(1), _m(1), backend=be),
               ValueError, r"batch size b of v1 and v2 must be >= 2"),
         ]),
@@ -355,8 +366,7 @@ BAD_INPUT = [
             C("modified_triplet_loss_grad", "reduction 'none'", lambda be: fastsim.modified_triplet_loss_grad(
                 _m(), _m(), reduction="none", backend=be), ValueError, r"reduction='none' .* use reduction='sum'"),
             C("hard_negatives", "empty 'zero'", lambda be: fastsim.hard_negatives(
-                np.eye(3), empty="zero", backend=be), ValueError, r"\bempty must be one of 'shift', 'floor'",
-              backends=_HN),
+                np.eye(3), empty="zero", backend=be), ValueError, r"\bempty must be one of 'shift', 'floor'"),
             C("rnn_forward", "nonlinearity 'sigmoid'", lambda be: _fwd("rnn_forward", be, nonlinearity="sigmoid"),
               ValueError, r"\bnonlinearity must be one of 'tanh', 'relu'"),
             _no_backend("SiameseEncoder", "pooling 'max'", lambda: fastsim.SiameseEncoder(
@@ -371,8 +381,12 @@ BAD_INPUT = [
                 _m(), backend="gpu"), ValueError, r"\bbackend must be 'auto' or one of"),
             _no_backend("top_k", "backend None", lambda: fastsim.top_k(_m(), _m(), 1, backend=None),
                         TypeError, r"\bbackend must be a str"),
-            _no_backend("hard_negatives", "backend 'cpp'", lambda: fastsim.hard_negatives(np.eye(3), backend="cpp"),
-                        ValueError, r"\bbackend='cpp' is not implemented for this operation"),
+            _no_backend("hard_negatives", "backend 'cpp' without the compiled extension", lambda: _without(
+                "_core", None, lambda: fastsim.hard_negatives(np.eye(3), backend="cpp")),
+                ValueError, r"\bbackend='cpp' is not available"),
+            _no_backend("lstm_forward", "backend 'numba' without numba", lambda: _without(
+                "_numba_ok", False, lambda: _fwd("lstm_forward", "numba")),
+                ValueError, r"\bbackend='numba' is not available"),
             _no_backend("SiameseEncoder.encode", "backend 'fast'", lambda: _encoder().encode(_IDS, backend="fast"),
                         ValueError, r"\bbackend must be 'auto' or one of"),
             _no_backend("ModifiedTripletLoss", "backend 'gpu'", lambda: pytest.importorskip("fastsim.torch")
