@@ -1,0 +1,174 @@
+"""Determinism: every public operation on every backend, call after call and across thread counts.
+
+* The same input on the same backend and thread count gives bitwise identical
+  output, call after call.
+* ``cpp``: the README says results do not depend on the number of threads
+  (rows or columns are split between threads, never a dot product or a row's
+  reduction), so outputs with 1, 2 and 3 threads must be bitwise identical.
+* ``numba``: ``set_num_threads`` sets the size of Numba's thread pool; rows
+  are split between threads the same way, and the README claims agreement
+  within the dtype's tolerance (measured: bitwise).
+* ``numpy``: ``set_num_threads`` does not apply; results must not change.
+
+The inputs are large enough that the cpp kernels really split the work (the
+GEMM engine uses more than one thread above ~4 MFLOP per thread, the row
+passes above 2^18 elements).  :data:`OPS` is shared with
+``tests/test_concurrency.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import fastsim
+
+from .conftest import assert_close, backend_params
+
+# --------------------------------------------------------------------------- inputs and operations
+
+
+def _inputs(dtype=np.float32):
+    rng = np.random.default_rng(2024)
+
+    def m(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    x = {}
+    x["a"], x["b"] = m(300, 48), m(700, 48)
+    x["rows_a"], x["rows_b"] = m(3000, 100), m(3000, 100)
+    x["u"], x["v"] = m(257), m(257)
+    x["q"], x["c"] = m(150, 40), m(2500, 40)
+    x["sim"] = np.clip(m(600, 600) * 0.3, -1, 1)
+    x["v1"], x["v2"] = m(400, 64), m(400, 64)
+    x["anchor"], x["pos"], x["neg"] = m(500, 32), m(500, 32), m(500, 32)
+    H, D = 64, 24
+    x["seq"] = m(24, 20, D)
+    x["lengths"] = rng.integers(1, 21, size=24)
+    k = 1 / np.sqrt(H)
+    for kind, G in (("lstm", 4), ("gru", 3), ("rnn", 1)):
+        x[kind] = [(rng.uniform(-k, k, s)).astype(dtype) for s in ((G * H, D), (G * H, H), (G * H,), (G * H,))]
+    x["ids"] = rng.integers(0, 50, size=(40, 12))
+    x["ids"][:, 9:] = 0
+    return x
+
+
+_X = {np.dtype(np.float32): _inputs(np.float32), np.dtype(np.float64): _inputs(np.float64)}
+_ENCODERS = {}
+
+
+def _encoder(dtype):
+    """A shared encoder per dtype, warmed up so the cpp backend already uses its projected table."""
+    key = np.dtype(dtype)
+    if key not in _ENCODERS:
+        enc = fastsim.SiameseEncoder.random(50, 24, 32, bidirectional=True, cell="GRU", pooling="masked_mean",
+                                            dtype=dtype, seed=3)
+        enc.encode(np.ones((10, 10), dtype=np.int64), backend="cpp" if "cpp" in fastsim.available_backends()
+                   else "auto")
+        _ENCODERS[key] = enc
+    return _ENCODERS[key]
+
+
+def _lstm(x, be):
+    W = x["lstm"]
+    return fastsim.lstm_forward(x["seq"], *W, lengths=x["lengths"], backend=be)
+
+
+OPS = {
+    "cosine_similarity": lambda x, be: fastsim.cosine_similarity(x["u"], x["v"], backend=be),
+    "cosine_similarity_rows": lambda x, be: fastsim.cosine_similarity_rows(x["rows_a"], x["rows_b"], backend=be),
+    "cosine_similarity_matrix": lambda x, be: fastsim.cosine_similarity_matrix(x["a"], x["b"], backend=be),
+    "cosine_similarity_matrix_self": lambda x, be: fastsim.cosine_similarity_matrix(x["b"], backend=be),
+    "top_k": lambda x, be: fastsim.top_k(x["q"], x["c"], 10, backend=be),
+    "top_k_exclude_self": lambda x, be: fastsim.top_k(x["c"][:600], x["c"][:600], 5, exclude_self=True, backend=be),
+    "hard_negatives": lambda x, be: fastsim.hard_negatives(x["sim"], backend=be),
+    "modified_triplet_loss": lambda x, be: fastsim.modified_triplet_loss(
+        x["v1"], x["v2"], 0.25, return_parts=True, backend=be),
+    "modified_triplet_loss_grad": lambda x, be: fastsim.modified_triplet_loss_grad(
+        x["v1"], x["v2"], 0.25, reduction="mean", backend=be),
+    "triplet_loss": lambda x, be: fastsim.triplet_loss(x["anchor"], x["pos"], x["neg"], 0.5, reduction="none",
+                                                       backend=be),
+    "lstm_forward": _lstm,
+    "gru_forward": lambda x, be: fastsim.gru_forward(x["seq"], *x["gru"], lengths=x["lengths"], backend=be),
+    "rnn_forward": lambda x, be: fastsim.rnn_forward(x["seq"], *x["rnn"], nonlinearity="relu", backend=be),
+    "SiameseEncoder.encode": lambda x, be: _encoder(x["a"].dtype).encode(x["ids"], backend=be),
+    "similarity": lambda x, be: fastsim.similarity(x["rows_a"], x["rows_b"], backend=be),
+}
+
+
+def run(op, backend, dtype=np.float32):
+    return flatten(OPS[op](_X[np.dtype(dtype)], backend))
+
+
+def flatten(result) -> list[np.ndarray]:
+    """Every array of a result (tuples, dataclasses, scalars) in a fixed order."""
+    if dataclasses.is_dataclass(result):
+        return [a for f in dataclasses.fields(result) for a in flatten(getattr(result, f.name))]
+    if isinstance(result, (tuple, list)):
+        return [a for item in result for a in flatten(item)]
+    return [np.asarray(result)]
+
+
+def assert_bitwise(got: list[np.ndarray], want: list[np.ndarray], what: str = ""):
+    """Same dtypes, shapes and bytes (NaN payloads and signed zeros included)."""
+    assert len(got) == len(want), what
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.dtype == w.dtype and g.shape == w.shape, f"{what} part {i}: {g.dtype}{g.shape} != {w.dtype}{w.shape}"
+        if g.tobytes() != w.tobytes():
+            diff = np.flatnonzero(g.reshape(-1).view(np.uint8) != w.reshape(-1).view(np.uint8))
+            raise AssertionError(f"{what} part {i}: {diff.size} bytes differ, first at byte {diff[0]}")
+
+
+def assert_close_parts(got, want, dtype, what=""):
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.dtype == w.dtype and g.shape == w.shape, f"{what} part {i}"
+        if g.dtype.kind in "fc":
+            assert_close(g, w, dtype, scale=10, err_msg=f"{what} part {i}")
+        else:
+            np.testing.assert_array_equal(g, w, err_msg=f"{what} part {i}")
+
+
+@pytest.fixture
+def restore_threads():
+    before = fastsim.get_num_threads()
+    yield
+    fastsim.set_num_threads(before)
+
+
+def _numba_pool_size():
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
+
+
+# --------------------------------------------------------------------------- the tests
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("op", list(OPS))
+def test_same_input_same_threads_bitwise(op, dtype, backend, restore_threads):
+    fastsim.set_num_threads(2)
+    first = run(op, backend, dtype)
+    for _ in range(2):
+        assert_bitwise(run(op, backend, dtype), first, f"{op} [{backend}] repeated")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("backend", backend_params())
+def test_thread_counts(backend, op, dtype, restore_threads):
+    if backend == "numba" and _numba_pool_size() < 2:
+        pytest.skip("Numba's pool has one thread here (NUMBA_NUM_THREADS=1): no other count to compare")
+    fastsim.set_num_threads(1)
+    one = run(op, backend, dtype)
+    for n in (2, 3):
+        fastsim.set_num_threads(n)
+        got = run(op, backend, dtype)
+        if backend == "numba":
+            assert_close_parts(got, one, dtype, f"{op} [numba] {n} threads vs 1")
+        else:  # cpp: documented bitwise; numpy: set_num_threads does not apply
+            assert_bitwise(got, one, f"{op} [{backend}] {n} threads vs 1")
+
