@@ -617,12 +617,12 @@ class SiameseEncoder:
 
     def _compiled(self, backend):
         """Whether the whole encoder runs through the compiled layers' own entry points."""
-        return _backend.resolve(backend) == "cpp" and all(hasattr(layer, "_run_embedded") for layer in self._layers)
+        return _backend.resolve(backend) == "cpp" and all(hasattr(layer, "_run_compiled") for layer in self._layers)
 
     def _table_bytes(self) -> int:
         """Memory of the first layer's projected embedding tables (all directions)."""
         first = self._layers[0]
-        gates = {"lstm": 4, "gru": 3}.get(getattr(first, "_KIND", ""), 1)
+        gates = _rnn_module()._GATES[first._KIND]  # only fastsim layers reach here (_compiled)
         dirs = 2 if first.bidirectional else 1
         return self._embedding.shape[0] * gates * int(first.hidden_size) * dirs * self._embedding.itemsize
 
@@ -652,9 +652,9 @@ class SiameseEncoder:
             pool_until = until if k == last else None
             if k == 0 and use_table:
                 ids64 = np.ascontiguousarray(ids, dtype=np.int64)
-                x, _ = layer._run_embedded(self._embedding, ids64, lens, pool_until)
+                x, _ = layer._run_compiled(None, lens, pool_until, ids=ids64, embedding=self._embedding)
             else:
-                x, _ = layer._run_batch_first_cpp(self._embedding[ids] if k == 0 else x, lens, pool_until)
+                x, _ = layer._run_compiled(self._embedding[ids] if k == 0 else x, lens, pool_until)
         if self.pooling == "mean":
             return x / x.dtype.type(T)
         if self.pooling == "masked_mean":

@@ -702,26 +702,22 @@ class _Recurrent:
         out, finals = _forward(self._KIND, be, x_tm, self._cells, initial, lengths, relu=self._relu())
         return _from_time_major(out, self.batch_first), finals
 
-    def _run_embedded(self, embedding, ids, lengths, pool_until=None):
-        """cpp only: run over token ids, layer 0 reading its projected ``embedding`` rows.
+    def _run_compiled(self, x, lengths, pool_until=None, *, ids=None, embedding=None):
+        """cpp only, batch-major, zero initial states: :func:`_forward_cpp` on this layer's cells.
 
-        ``embedding`` (V, input_size) C-contiguous in the layer's dtype (the
-        table is cached by identity of this array: it must not change);
-        ``ids`` (B, T) int64 C-contiguous within 0..V-1; ``lengths`` int64 (B,)
-        within 1..T.  Zero initial states.  Returns ``(out (B, T, F), finals)``,
-        or the pooled sums (B, F) with ``pool_until`` (see :func:`_forward_cpp`).
+        ``x`` (B, T, input_size) C-contiguous in the layer's dtype, or ``ids``
+        (B, T) int64 C-contiguous within 0..V-1 with ``embedding`` (V,
+        input_size) C-contiguous in the layer's dtype: layer 0 then reads rows
+        of its projection of ``embedding``, a table kept by identity of that
+        array (it must not change).  ``lengths`` int64 (B,) within 1..T.
+        Returns ``(out (B, T, F), finals)``, or the pooled sums (B, F) in place
+        of ``out`` with ``pool_until``.
         """
-        initial = self._initial_states(None, ids.shape[0])
+        initial = self._initial_states(None, (x if ids is None else ids).shape[0])
         return _forward_cpp(
-            self._KIND, None, True, self._cells, initial, lengths, relu=self._relu(), ids=ids, embedding=embedding,
+            self._KIND, x, True, self._cells, initial, lengths, relu=self._relu(), ids=ids, embedding=embedding,
             pool_until=pool_until,
         )
-
-    def _run_batch_first_cpp(self, x, lengths, pool_until=None):
-        """cpp only: ``x`` (B, T, input_size) C-contiguous in the layer's dtype, zero initial states;
-        as :meth:`_run_embedded` otherwise."""
-        initial = self._initial_states(None, x.shape[0])
-        return _forward_cpp(self._KIND, x, True, self._cells, initial, lengths, relu=self._relu(), pool_until=pool_until)
 
     def _relu(self):
         return False

@@ -53,7 +53,7 @@ class AlignedBuffer {
 
 // Per-thread scratch memory that grows and is kept for the next call, so small
 // calls pay neither malloc nor fresh-page faults. One slot per concurrent use.
-enum ScratchSlot { kScratchPackA = 0, kScratchPackB = 1, kScratchKernel = 2, kScratchInput = 3, kScratchSlots = 4 };
+enum ScratchSlot { kScratchPackB = 0, kScratchKernel = 1, kScratchInput = 2, kScratchSlots = 3 };
 
 template <class T>
 inline T* scratch(int slot, std::size_t n) {

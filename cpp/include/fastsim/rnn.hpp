@@ -126,35 +126,48 @@ struct BiasStoreEpilogue {
   }
 };
 
+// Optional pooled sums of the outputs: sum[i * ld + column] += h at the steps
+// where t < until[i]; with them the output rows may be skipped (out = null).
+template <class T>
+struct Pooling {
+  T* sum = nullptr;
+  index_t ld = 0;
+  const int64_t* until = nullptr;
+};
+
+// Where the h of step t of batch row i goes: row i * row_b + t * row_t of out
+// (rows of out_ld values, columns out_off .. out_off + H; not written when out
+// is null) and the pooled sums (same columns).
+template <class T>
+struct StepOutputs {
+  T* out;
+  index_t out_ld, out_off;
+  index_t row_b, row_t;
+  Pooling<T> pool;
+  T* out_row(index_t i, index_t t) const {
+    return out ? out + (i * row_b + t * row_t) * out_ld + out_off : nullptr;
+  }
+  T* pool_row(index_t i, index_t t) const {
+    return pool.sum && t < pool.until[i] ? pool.sum + i * pool.ld + out_off : nullptr;
+  }
+};
+
 // Geometry shared by the step epilogues.
 template <class T>
 struct StepContext {
   const T* bias;          // cols: b_ih + b_hh, in the permuted column order
   index_t H;
   const index_t* t_of;    // per batch row: time index processed this step, or -1 if frozen
-  index_t row_b, row_t;   // output row of (i, t) = i * row_b + t * row_t
   const T* h_prev;        // row i at h_prev + i * ld_h (H values)
   T* h_next;              // likewise
   index_t ld_h;
   T* c;                   // B x H (LSTM), updated in place
-  T* out;                 // output rows of out_ld values
-  index_t out_ld, out_off;
+  StepOutputs<T> dst;
   // Per batch row: its precomputed input projection for this step (bias
   // included, cols values), or null when the GEMM itself multiplies x_t and
   // only the bias is added.
   const T* const* xrow;
   index_t rows;  // B: rows of xrow
-  // Pooled sums besides (or instead of, when out is null) the output rows:
-  // pool[i * pool_ld + out_off + u] += h at the steps where t < pool_until[i].
-  T* pool = nullptr;
-  index_t pool_ld = 0;
-  const int64_t* pool_until = nullptr;
-  T* out_row(index_t i, index_t t) const {
-    return out ? out + (i * row_b + t * row_t) * out_ld + out_off : nullptr;
-  }
-  T* pool_row(index_t i, index_t t) const {
-    return pool && t < pool_until[i] ? pool + i * pool_ld + out_off : nullptr;
-  }
   const T* addend(index_t i) const { return xrow ? xrow[i] : bias; }
   // The projection rows are scattered (table rows picked by token ids, or
   // rows of a large XW): ask for the same columns of the row one micro-panel
@@ -210,8 +223,8 @@ struct LstmStepEpilogue {
       std::memcpy(&og, gate + 3 * G, sizeof(VG));
       T* c = ctx.c + i * H + u0;
       T* hn = ctx.h_next + i * ctx.ld_h + u0;
-      T* o = ctx.out_row(i, t);
-      T* pl = ctx.pool_row(i, t);
+      T* o = ctx.dst.out_row(i, t);
+      T* pl = ctx.dst.pool_row(i, t);
       if (o) o += u0;
       if (pl) pl += u0;
       if (units == G) {
@@ -276,8 +289,8 @@ struct RnnStepEpilogue {
         if (relu) h = (pre != pre) ? pre : h;
         store(hv + v * L, h);
       }
-      T* o = ctx.out_row(i, t);
-      T* pl = ctx.pool_row(i, t);
+      T* o = ctx.dst.out_row(i, t);
+      T* pl = ctx.dst.pool_row(i, t);
       for (int j = 0; j < nr; ++j) {
         ctx.h_next[i * ctx.ld_h + j0 + j] = hv[j];
         if (o) o[j0 + j] = hv[j];
@@ -314,15 +327,6 @@ struct StepInput {
   index_t ids_ld = 0;
 };
 
-// Optional pooled sums of the outputs (see StepContext::pool); with them the
-// output rows may be skipped (out = null).
-template <class T>
-struct Pooling {
-  T* sum = nullptr;
-  index_t ld = 0;
-  const int64_t* until = nullptr;
-};
-
 // Run one direction of one layer from a given step input.
 //   row_b, row_t : row of (i, t) = i * row_b + t * row_t, for x or pre and for out
 //   lengths      : B entries in 1..T, or null (all T)
@@ -350,6 +354,7 @@ void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_
     }
     return any;
   };
+  const StepOutputs<T> dst{out, out_ld, out_off, row_b, row_t, pooling};
   GemmOptions opt;
   opt.flush_denormals = true;
   // Step GEMMs split the weight columns between threads: each core then reads
@@ -376,9 +381,8 @@ void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_
             const T* xr = in.x + (i * row_b + t_of[i] * row_t) * Dx;
             std::copy(xr, xr + Dx, cur + i * K);
           }
-      StepContext<T> ctx{w.bias_x.data(), H,   t_of.data(), row_b,  row_t,   cur + Dx,
-                         nxt + Dx,        K,   c,           out,    out_ld,  out_off,
-                         in.x ? nullptr : xrow.data(), B, pooling.sum, pooling.ld, pooling.until};
+      StepContext<T> ctx{w.bias_x.data(), H, t_of.data(), cur + Dx, nxt + Dx, K, c, dst,
+                         in.x ? nullptr : xrow.data(), B};
       if (w.cell == Cell::LSTM) {
         LstmStepEpilogue<T> ep{ctx};
         gemm_nt<T>(cur, K, nullptr, 0, B, cols, K, ep, opt, &wp);
@@ -415,8 +419,8 @@ void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_
       }
       const T* xr = xrow[i];
       const T* hr = hh.data() + i * cols;
-      T* o = out ? out + (i * row_b + t * row_t) * out_ld + out_off : nullptr;
-      T* pl = pooling.sum && t < pooling.until[i] ? pooling.sum + i * pooling.ld + out_off : nullptr;
+      T* o = dst.out_row(i, t);
+      T* pl = dst.pool_row(i, t);
       index_t u = 0;
       for (; u + L <= H; u += L) {
         const V r = vsigmoid<T>(load<V>(xr + u) + load<V>(hr + u));

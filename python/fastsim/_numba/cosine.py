@@ -61,6 +61,20 @@ def row_factors(row):
 
 
 @nb.njit(**_OPTS)
+def normalized_rows(a):
+    """Unit rows in ``a``'s dtype, scaled in float64 through :func:`row_factors`
+    (1/|row| of a tiny float32 row may not fit in float32; any finite magnitude
+    works): zero rows stay 0, rows holding NaN or inf become NaN."""
+    m, d = a.shape
+    out = np.empty_like(a)
+    for i in range(m):
+        p, q = row_factors(a[i])
+        for k in range(d):
+            out[i, k] = (np.float64(a[i, k]) * p) * q
+    return out
+
+
+@nb.njit(**_OPTS)
 def unit_factors(a):
     """:func:`row_factors` of every row of ``a``: two float64 arrays ``(pre, post)``."""
     m = a.shape[0]

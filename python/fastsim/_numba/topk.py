@@ -28,7 +28,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from .cosine import row_factors
+from .cosine import normalized_rows
 
 CORPUS_TILE = 4096
 QUERY_BLOCK = 1024
@@ -36,20 +36,6 @@ QUERY_BLOCK = 1024
 _OPTS = dict(nogil=True, cache=True, error_model="numpy")
 _NAN_KEY = -3.0
 _SPAN = 128
-
-
-@nb.njit(**_OPTS)
-def _normalized(a):
-    """Rows of ``a`` divided by their norms (scaled in float64, any finite
-    magnitude; see :func:`.cosine.row_factors`); zero rows stay 0, rows
-    holding NaN or inf become NaN, as in the cosine kernels."""
-    m, d = a.shape
-    out = np.empty_like(a)
-    for i in range(m):
-        p, q = row_factors(a[i])
-        for k in range(d):
-            out[i, k] = (np.float64(a[i, k]) * p) * q
-    return out
 
 
 @nb.njit(inline="always")
@@ -159,14 +145,14 @@ def _finish(heap_keys, heap_idx, scores_out, idx_out):
 def _top_k(queries, corpus, k, exclude_self, corpus_tile, query_block):
     m = queries.shape[0]
     n = corpus.shape[0]
-    qn = _normalized(queries)
+    qn = normalized_rows(queries)
     heap_keys = np.full((m, k), -np.inf, dtype=queries.dtype)
     heap_idx = np.full((m, k), n, dtype=np.int64)
     # one score buffer for every block: fresh 16 MB allocations cost page faults each time
     buf = np.empty(min(m, query_block) * min(n, corpus_tile), dtype=queries.dtype)
     for j0 in range(0, n, corpus_tile):
         j1 = min(n, j0 + corpus_tile)
-        tn_t = _normalized(corpus[j0:j1]).T
+        tn_t = normalized_rows(corpus[j0:j1]).T
         for q0 in range(0, m, query_block):
             q1 = min(m, q0 + query_block)
             scores = buf[: (q1 - q0) * (j1 - j0)].reshape((q1 - q0, j1 - j0))

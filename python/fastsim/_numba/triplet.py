@@ -52,7 +52,7 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
-from .cosine import row_factors, unit_factors
+from .cosine import normalized_rows, unit_factors
 
 ROW_BLOCK = 1024
 COL_BLOCK = 4096
@@ -62,22 +62,6 @@ _OPTS = dict(nogil=True, cache=True, error_model="numpy")
 
 EMPTY_SHIFT = 0
 EMPTY_FLOOR = 1
-
-
-@nb.njit(**_OPTS)
-def _normalized(x):
-    """Unit rows in the input dtype (zero rows stay zero, NaN/inf rows become NaN).
-
-    Scaled in float64 (1/|x| of a tiny float32 row may not fit in float32),
-    through :func:`.cosine.row_factors`, so any finite magnitude works.
-    """
-    n, d = x.shape
-    out = np.empty_like(x)
-    for i in range(n):
-        p, q = row_factors(x[i])
-        for k in range(d):
-            out[i, k] = (np.float64(x[i, k]) * p) * q
-    return out
 
 
 @nb.njit(inline="always")
@@ -187,8 +171,8 @@ def _tile(buf, buf_keys, a, b_rows):
 def _forward(v1, v2, empty, buf, buf_keys, positive, positive_bits, k, row_block, col_block):
     b, d = v1.shape
     dt = v1.dtype
-    u1 = _normalized(v1)
-    u2 = _normalized(v2)
+    u1 = normalized_rows(v1)
+    u2 = normalized_rows(v2)
 
     # sum over j != i of s[i, j] = u2_i . (sum_j u1_j) - u2_i . u1_i, in float64.  A NaN row
     # of u1 (NaN or inf in v1) is left out of the sum: it makes the mean of every
