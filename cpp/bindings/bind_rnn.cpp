@@ -111,7 +111,7 @@ class RnnLayerT {
   struct Input {
     const KernelTable* level;
     std::shared_ptr<void> handle;
-    std::vector<T> rows;  // V rows of cols values
+    AlignedBuffer<T> rows;  // V rows of cols values
   };
 
   py::array checked_embedding(py::object embedding) const {
@@ -138,7 +138,7 @@ class RnnLayerT {
     made->handle = handle_;
     const TypedKernels<T>& k = kernels_of(made->level);
     const index_t V = e.shape(0);
-    made->rows.assign(static_cast<std::size_t>(checked_mul(V, k.rnn_cols(made->handle.get()))), T(0));
+    made->rows.resize(static_cast<std::size_t>(checked_mul(V, k.rnn_cols(made->handle.get()))));
     const T* pe = cptr<T>(e);
     {
       py::gil_scoped_release release;  // e (the caller's) and made are held

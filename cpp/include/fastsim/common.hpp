@@ -6,6 +6,10 @@
 #include <cstdlib>
 #include <new>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace fastsim {
 
 using index_t = std::ptrdiff_t;  // 64-bit: b = 65536 squared does not overflow
@@ -23,6 +27,9 @@ std::size_t gemm_block_bytes();
 void set_gemm_block_bytes(std::size_t bytes);
 
 // Cache-line aligned scratch memory that frees itself.
+inline constexpr std::size_t kHugePage = std::size_t(2) << 20;
+inline constexpr std::size_t kHugeBytes = std::size_t(4) << 20;
+
 template <class T>
 class AlignedBuffer {
  public:
@@ -37,8 +44,21 @@ class AlignedBuffer {
     ptr_ = nullptr;
     size_ = 0;
     std::size_t bytes = ((n * sizeof(T) + 63) / 64) * 64;
+    // Large buffers (packed tables, per-step input projections) are read a
+    // few rows at a time at scattered addresses: with 4 KiB pages nearly
+    // every row costs a TLB miss and a page walk.  They are aligned to 2 MiB
+    // and offered to the kernel's transparent huge pages (advice only).
+    const bool huge = bytes >= kHugeBytes;
+    std::size_t align = 64;
+    if (huge) {
+      align = kHugePage;
+      bytes = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    }
     void* p = nullptr;
-    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) throw std::bad_alloc();
+    if (posix_memalign(&p, align, bytes ? bytes : 64) != 0) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (huge) madvise(p, bytes, MADV_HUGEPAGE);
+#endif
     ptr_ = static_cast<T*>(p);
     size_ = n;
   }
