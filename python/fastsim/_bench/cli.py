@@ -20,7 +20,7 @@ import numpy as np
 
 import fastsim
 
-from .common import max_abs_error, time_call
+from .common import max_abs_error, time_rounds
 
 AREAS = ("cosine", "triplet", "rnn", "pipeline")
 
@@ -108,11 +108,13 @@ def run(args) -> list[dict]:
         reference = case.reference(inputs) if case.reference else None
         err_fn = case.error or max_abs_error
         base = None
-        for name, fn in case.runners.items():
-            try:
-                t, res = time_call(lambda: fn(inputs), min_repeats=case.min_repeats, max_time=args.max_time)
-            except Exception as exc:  # a peer library failing must not hide the rest
-                print(f"{case.op:<22} {case.shape:<26} {case.dtype:<8} {name:<7} failed: {exc}", file=out)
+        times, outputs = time_rounds({name: (lambda fn=fn: fn(inputs)) for name, fn in case.runners.items()},
+                                     rounds=args.rounds, min_repeats=case.min_repeats,
+                                     min_time=0.1 * args.rounds, max_time=args.max_time)
+        for name in case.runners:
+            t, res = times[name], outputs[name]
+            if isinstance(t, Exception):  # a peer library failing must not hide the rest
+                print(f"{case.op:<22} {case.shape:<26} {case.dtype:<8} {name:<7} failed: {t}", file=out)
                 continue
             if name == "numpy":
                 base = t
@@ -185,6 +187,8 @@ def main(argv=None) -> int:
     b.add_argument("--ops", type=lambda s: s.split(","), default=None, help=f"comma-separated subset of {AREAS}")
     b.add_argument("--threads", type=int, default=None, help="threads for the cpp/numba kernels")
     b.add_argument("--max-time", type=float, default=2.0, help="max seconds of timing per runner")
+    b.add_argument("--rounds", type=int, default=3,
+                   help="interleaved timing rounds per case (every runner is timed once per round)")
     b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     b.add_argument("--keep-env", action="store_true",
                    help="do not shorten the thread pools' spin-waits (see QUIET_POOLS)")

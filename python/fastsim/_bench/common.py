@@ -71,33 +71,69 @@ def max_abs_error(result, reference) -> float:
     return float(np.nanmax(np.where(np.isnan(d), np.inf, d)))
 
 
+def _one_sample(fn, inner):
+    t0 = time.perf_counter()
+    for _ in range(inner):
+        result = fn()
+    return (time.perf_counter() - t0) / inner, result
+
+
 def time_call(fn: Callable[[], Any], *, min_repeats: int = 5, min_time: float = 0.2, max_time: float = 3.0):
     """Median wall time of ``fn()`` in seconds and the last result.
 
     One warm-up call (JIT compilation, page faults) is not timed.  Small calls
     are batched so that each timed sample lasts at least ~1 ms.
     """
-    result = fn()
-    t0 = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t0, 1e-9)
-    inner = max(1, int(1e-3 / one))
-    samples = []
-    start = time.perf_counter()
+    times, result = time_rounds({"fn": fn}, rounds=1, min_repeats=min_repeats, min_time=min_time, max_time=max_time)
+    return times["fn"], result["fn"]
+
+
+def time_rounds(fns: dict[str, Callable[[], Any]], *, rounds: int = 3, min_repeats: int = 5, min_time: float = 0.2,
+                max_time: float = 3.0):
+    """Median wall times of several callables timed in interleaved rounds.
+
+    Each round times every callable in turn for about ``min_time / rounds``
+    seconds, so a drift in the machine's speed (other tenants of a shared host,
+    clock changes) during the measurement reaches all of them alike instead of
+    landing on whichever ran at the wrong moment; the ratios of the medians are
+    then what one process saw of them side by side.  Returns ``({name: median
+    seconds}, {name: last result})``.  A callable that raises is reported by
+    its exception in place of the time.
+    """
+    per_round_time = min_time / rounds
+    per_round_max = max_time / rounds
+    per_round_reps = max(1, -(-min_repeats // rounds))
+    samples = {name: [] for name in fns}
+    results: dict[str, Any] = {}
+    inner = {}
     gc_was = gc.isenabled()
+    for name, fn in fns.items():  # warm-up and batch size, outside the timing
+        try:
+            results[name] = fn()
+            t0 = time.perf_counter()
+            fn()
+            inner[name] = max(1, int(1e-3 / max(time.perf_counter() - t0, 1e-9)))
+        except Exception as exc:  # noqa: BLE001 - reported by the caller
+            results[name] = exc
     gc.disable()
     try:
-        while True:
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                result = fn()
-            samples.append((time.perf_counter() - t0) / inner)
-            elapsed = time.perf_counter() - start
-            if len(samples) >= min_repeats and (elapsed > min_time or elapsed > max_time):
-                break
-            if elapsed > max_time and len(samples) >= 3:
-                break
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                if isinstance(results[name], Exception):
+                    continue
+                start = time.perf_counter()
+                taken = 0
+                while True:
+                    t, results[name] = _one_sample(fn, inner[name])
+                    samples[name].append(t)
+                    taken += 1
+                    elapsed = time.perf_counter() - start
+                    if taken >= per_round_reps and elapsed > per_round_time:
+                        break
+                    if elapsed > per_round_max and taken >= 1:
+                        break
     finally:
         if gc_was:
             gc.enable()
-    return float(np.median(samples)), result
+    times = {name: (float(np.median(s)) if s else results[name]) for name, s in samples.items()}
+    return times, results

@@ -1,0 +1,45 @@
+"""The benchmark's timing helper: interleaved rounds, medians, failures reported."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fastsim._bench.common import time_call, time_rounds
+
+
+def test_rounds_interleave_the_runners():
+    order = []
+
+    def make(name, seconds):
+        def fn():
+            order.append(name)
+            time.sleep(seconds)
+            return name
+
+        return fn
+
+    times, results = time_rounds({"a": make("a", 0.002), "b": make("b", 0.004)}, rounds=3, min_repeats=3,
+                                 min_time=0.03)
+    assert results == {"a": "a", "b": "b"}
+    # warm-up and batch-size calls first, then every round runs a's samples before b's
+    timed = order[4:]
+    switches = sum(1 for x, y in zip(timed, timed[1:]) if x != y)
+    assert switches >= 2 * 3 - 1
+    assert 0.002 <= times["a"] < 0.004 <= times["b"] < 0.02
+
+
+def test_a_failing_runner_is_reported_and_the_others_still_timed():
+    def boom():
+        raise RuntimeError("peer library failed")
+
+    times, results = time_rounds({"bad": boom, "ok": lambda: 1}, rounds=2, min_time=0.01)
+    assert isinstance(times["bad"], RuntimeError) and isinstance(results["bad"], RuntimeError)
+    assert times["ok"] > 0 and results["ok"] == 1
+
+
+def test_time_call_is_one_round():
+    t, r = time_call(lambda: time.sleep(0.001) or 7, min_repeats=3, min_time=0.01)
+    assert r == 7
+    assert t == pytest.approx(0.001, abs=0.004)
