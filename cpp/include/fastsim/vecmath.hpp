@@ -66,13 +66,26 @@ inline V vexp(V x) {
   V p = V{} + inverse_factorial<T>(C::degree);
 #pragma GCC unroll 16
   for (int i = C::degree - 1; i >= 0; --i) p = p * r + inverse_factorial<T>(i);
+#if defined(FASTSIM_LEVEL_avx512)
+  // p * 2^n in one instruction (n is integral).  A NaN x went through the
+  // clamps unchanged (both comparisons are false) and made p NaN, so the
+  // result is NaN without a blend.
+  if constexpr (sizeof(V) == 64) {
+    (void)nan_mask_src;
+    if constexpr (std::is_same_v<T, float>)
+      return reinterpret_cast<V>(_mm512_scalef_ps(reinterpret_cast<__m512>(p), reinterpret_cast<__m512>(n)));
+    else
+      return reinterpret_cast<V>(_mm512_scalef_pd(reinterpret_cast<__m512d>(p), reinterpret_cast<__m512d>(n)));
+  }
+#endif
   VI ni = __builtin_convertvector(n, VI);
   VI bits = (ni + I(C::bias)) << C::mant;
   V scale;
   static_assert(sizeof(bits) == sizeof(scale), "int and float vectors must match");
   __builtin_memcpy(&scale, &bits, sizeof(V));
   V out = p * scale;
-  // NaN: comparisons above were false, so x stayed NaN and so is out; keep explicit for clarity.
+  // NaN: comparisons above were false, so x stayed NaN; the conversion of a
+  // NaN n to an integer is not relied upon.
   out = (nan_mask_src != nan_mask_src) ? nan_mask_src : out;
   (void)W;
   return out;
