@@ -172,3 +172,30 @@ def test_thread_counts(backend, op, dtype, restore_threads):
         else:  # cpp: documented bitwise; numpy: set_num_threads does not apply
             assert_bitwise(got, one, f"{op} [{backend}] {n} threads vs 1")
 
+
+
+@pytest.mark.skipif("cpp" not in fastsim.available_backends(), reason="compiled core not available")
+def test_tall_products_are_bitwise_across_thread_counts(restore_threads):
+    # 2100+ rows per thread: the row split packs B privately per thread, with
+    # no barrier per block; k = 256 makes n = 1500 span several blocks.
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((4200, 256)).astype(np.float32)
+    b = rng.standard_normal((1500, 256)).astype(np.float32)
+    v1 = rng.standard_normal((2300, 256)).astype(np.float32)
+    v2 = rng.standard_normal((2300, 256)).astype(np.float32)
+
+    def run():
+        return (fastsim.cosine_similarity_matrix(a, b, backend="cpp"),
+                fastsim.modified_triplet_loss_grad(v1, v2, backend="cpp"))
+
+    fastsim.set_num_threads(1)
+    one = run()
+    for n in (2, 3):
+        fastsim.set_num_threads(n)
+        got = run()
+        np.testing.assert_array_equal(got[0], one[0])
+        for g, w in zip(got[1], one[1]):
+            np.testing.assert_array_equal(g, w)
+    ref = (a.astype(np.float64) / np.linalg.norm(a, axis=1, keepdims=True).astype(np.float64)) @ (
+        b.astype(np.float64) / np.linalg.norm(b, axis=1, keepdims=True).astype(np.float64)).T
+    assert np.abs(one[0] - ref).max() < 1e-5

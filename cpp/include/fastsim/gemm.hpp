@@ -65,6 +65,9 @@ template <> struct MicroShape<double> { static constexpr int MR = 6, NV = 2; };
 
 enum class Split { Auto, Rows, Cols };
 
+// Rows per thread from which a Rows split packs B privately (see gemm_nt).
+inline constexpr index_t kPrivatePackRows = 1024;
+
 template <class T>
 struct GemmShape {
   static constexpr int MR = MicroShape<T>::MR;
@@ -379,13 +382,21 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
   // into a region of the buffer that is its own (blocks split into different
   // panel ranges, so a shared region could be repacked by a thread already at
   // the next block while another still reads it): no barrier at all.
+  //
+  // With many rows per thread (tall products such as a 4096-row cosine
+  // matrix) each thread instead packs every block into a buffer of its own:
+  // packing B twice costs ~1% there, and the threads no longer meet at a
+  // barrier per block, where on a shared machine the one that a neighbour
+  // slowed down made the other wait, block after block.
   const index_t block_cols = std::min<index_t>(NC, (n + NR - 1) / NR * NR);
   const index_t block_elems = block_cols * kk;
-  const bool two_buffers = nt > 1 && split == Split::Rows && n > NC;
+  const bool private_blocks = nt > 1 && split == Split::Rows && m >= static_cast<index_t>(nt) * kPrivatePackRows;
+  const bool two_buffers = nt > 1 && split == Split::Rows && n > NC && !private_blocks;
   const bool own_regions = nt > 1 && split == Split::Cols;
   // nthr regions of ceil(block panels / nthr) panels each fit in block panels + nthr - 1
-  const index_t buffer_elems =
-      own_regions ? (block_cols / NR + nt) * NR * kk : block_elems * (two_buffers ? 2 : 1);
+  const index_t buffer_elems = own_regions      ? (block_cols / NR + nt) * NR * kk
+                               : private_blocks ? block_elems * nt
+                                                : block_elems * (two_buffers ? 2 : 1);
   T* bbuf = packed_b ? nullptr : scratch<T>(kScratchPackB, static_cast<std::size_t>(buffer_elems));
   const index_t m_panels = (m + MR - 1) / MR;
 
@@ -411,9 +422,13 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
       if (packed_b) {
         bblock = packed_b->data.data() + jc * kk;  // panels are contiguous: a block is a slice
       } else {
-        const index_t p0 = n_panels * tid / nthr, p1 = n_panels * (tid + 1) / nthr;
+        index_t p0 = n_panels * tid / nthr, p1 = n_panels * (tid + 1) / nthr;
         T* dst;
-        if (own_regions && nthr > 1) {
+        if (private_blocks) {
+          p0 = 0;
+          p1 = n_panels;
+          dst = bbuf + tid * block_elems;
+        } else if (own_regions && nthr > 1) {
           const index_t own_panels = (block_cols / NR + nthr - 1) / nthr;  // >= p1 - p0 in every block
           dst = bbuf + tid * own_panels * NR * kk;  // this thread's panels p0 .. p1 only
           jp_first = p0;
@@ -424,7 +439,7 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
           pack_panels<NR>(b, ldb, jc + p0 * NR, std::min(nc - p0 * NR, (p1 - p0) * NR), k,
                           dst + (p0 - jp_first) * NR * kk);
 #ifdef _OPENMP
-        if (nthr > 1 && split == Split::Rows) {
+        if (nthr > 1 && split == Split::Rows && !private_blocks) {
 #pragma omp barrier
         }
 #endif
