@@ -155,7 +155,9 @@ void cosine_matrix(const T* a, index_t m, const T* b, index_t n, index_t k, T* o
   b = self ? a : prepare_rows(b, n, k, inv_b, copy_b);
   CosineEpilogue<T> ep{inv_a, inv_b, out, n, self};
   ep.streaming = static_cast<double>(m) * static_cast<double>(n) * sizeof(T) > 32.0 * 1024 * 1024;
-  gemm_nt<T>(a, k, b, k, m, n, k, ep);
+  GemmOptions opt;
+  opt.independent_rows = true;  // the epilogue only writes its tile
+  gemm_nt<T>(a, k, b, k, m, n, k, ep, opt);
 #if defined(__x86_64__) || defined(__i386__)
   if (ep.streaming) _mm_sfence();  // order the non-temporal stores before the caller reads
 #endif

@@ -310,7 +310,9 @@ void rnn_input_projection(const RnnWeights<T>& w, const T* x, index_t rows, T* x
     return;
   }
   BiasStoreEpilogue<T> ep{xw, w.cols, w.bias_x.data()};
-  gemm_nt<T>(x, w.D, nullptr, 0, rows, w.cols, w.D, ep, GemmOptions{}, &w.w_ih);
+  GemmOptions opt;
+  opt.independent_rows = true;  // the epilogue only writes its tile
+  gemm_nt<T>(x, w.D, nullptr, 0, rows, w.cols, w.D, ep, opt, &w.w_ih);
 }
 
 // Where the input of step t of batch row i comes from.
