@@ -26,7 +26,9 @@
 // acc[r][v] holds C[i0 + r, j0 + v*L .. j0 + v*L + L-1] (L = vector lanes);
 // only r < mr and columns < nr are real (the rest are padding zeros).  With
 // the Rows split every row is owned by exactly one thread for the whole call,
-// so per-row reductions need no synchronisation.
+// so per-row reductions need no synchronisation; an epilogue that keeps no
+// per-row state can set GemmOptions::independent_rows and have row chunks
+// dealt to the threads dynamically instead.
 #pragma once
 
 #include <algorithm>
