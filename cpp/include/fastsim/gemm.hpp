@@ -193,11 +193,16 @@ inline void micro_kernel_rows(index_t k, const T* __restrict a, index_t lda, con
   using V = vec_t<T>;
   constexpr int MR = S::MR, NV = S::NV, L = S::L, NR = S::NR;
   constexpr int KU = k_chains<T>(R);
-  V acc[MR][NV];
+  // The sums build up in `c`, whose address never escapes, so the compiler
+  // keeps it in registers; `acc` is handed to the epilogue by reference and,
+  // used inside the loop, was stored back to the stack on every k step by
+  // GCC 12 in the full extension (2-thread cosine at 85 instead of ~200
+  // GFLOP/s on an Ice Lake host).
+  V c[R][NV];
 #pragma GCC unroll 32
-  for (int r = 0; r < MR; ++r)
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+    for (int v = 0; v < NV; ++v) c[r][v] = V{};
   const T* rows[R];
 #pragma GCC unroll 32
   for (int r = 0; r < R; ++r) rows[r] = a + r * lda;
@@ -228,14 +233,14 @@ inline void micro_kernel_rows(index_t k, const T* __restrict a, index_t lda, con
 #pragma GCC unroll 32
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = part[0][r][v];
+      for (int v = 0; v < NV; ++v) c[r][v] = part[0][r][v];
     // the tail goes to chain 0 before the chains are summed
     for (; kk < k; ++kk) {
 #pragma GCC unroll 32
       for (int r = 0; r < R; ++r) {
         const V av = splat<V>(rows[r][kk]);
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[r][v] = vfmadd(av, load<V>(bp + kk * NR + v * L), acc[r][v]);
+        for (int v = 0; v < NV; ++v) c[r][v] = vfmadd(av, load<V>(bp + kk * NR + v * L), c[r][v]);
       }
     }
 #pragma GCC unroll 8
@@ -243,7 +248,7 @@ inline void micro_kernel_rows(index_t k, const T* __restrict a, index_t lda, con
 #pragma GCC unroll 32
       for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[r][v] += part[u][r][v];
+        for (int v = 0; v < NV; ++v) c[r][v] += part[u][r][v];
   } else {
     for (; kk < k; ++kk) {
       PanelPrefetch<T>::at(bp, kk);
@@ -254,10 +259,15 @@ inline void micro_kernel_rows(index_t k, const T* __restrict a, index_t lda, con
       for (int r = 0; r < R; ++r) {
         const V av = splat<V>(rows[r][kk]);
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[r][v] = vfmadd(av, b[v], acc[r][v]);
+        for (int v = 0; v < NV; ++v) c[r][v] = vfmadd(av, b[v], c[r][v]);
       }
     }
   }
+  V acc[MR][NV];
+#pragma GCC unroll 32
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = r < R ? c[r < R ? r : 0][v] : V{};
   ep.template operator()<MR, NV, V>(i0, j0, R, nr, acc, thread);
 }
 
