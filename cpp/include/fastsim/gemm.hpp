@@ -174,6 +174,11 @@ struct PanelPrefetch {
   static constexpr int row_bytes = GemmShape<T>::NR * static_cast<int>(sizeof(T));
   static constexpr int ahead = row_bytes >= 6144 ? 1 : 6144 / row_bytes;  // k steps
   static constexpr int lines = row_bytes >= 64 ? row_bytes / 64 : 1;      // cache lines per k step
+  // A prefetch takes a load slot like a load: with 1 or 2 rows per tile the
+  // k-loop is already load-bound (NV loads + R broadcasts for R * NV FMAs),
+  // and the prefetches slowed the B = 1 recurrent step (a 1-row tile) by ~17%
+  // on an Ice Lake host.  From 3 rows on they fit beside the loads.
+  static constexpr bool pays(int rows) { return rows >= 3; }
   static inline void at(const T* bp, index_t kk) {
     const char* p = reinterpret_cast<const char*>(bp + (kk + ahead) * GemmShape<T>::NR);
 #pragma GCC unroll 8
@@ -218,7 +223,6 @@ inline void micro_kernel_rows(index_t k, const T* __restrict a, index_t lda, con
     for (; kk + KU <= k; kk += KU) {
 #pragma GCC unroll 8
       for (int u = 0; u < KU; ++u) {
-        PanelPrefetch<T>::at(bp, kk + u);
         V b[NV];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) b[v] = load<V>(bp + (kk + u) * NR + v * L);
@@ -251,7 +255,7 @@ inline void micro_kernel_rows(index_t k, const T* __restrict a, index_t lda, con
         for (int v = 0; v < NV; ++v) c[r][v] += part[u][r][v];
   } else {
     for (; kk < k; ++kk) {
-      PanelPrefetch<T>::at(bp, kk);
+      if constexpr (PanelPrefetch<T>::pays(R)) PanelPrefetch<T>::at(bp, kk);
       V b[NV];
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) b[v] = load<V>(bp + kk * NR + v * L);
@@ -330,6 +334,12 @@ struct GemmOptions {
   // split may then deal row chunks to the threads as they come free instead
   // of giving each a fixed share (see gemm_nt).
   bool independent_rows = false;
+  // Run as member `team_rank` of a team of `team_size` threads that the
+  // caller has already started (inside its own parallel region): no fork, no
+  // thread choice; every member must call with the same arguments.  Only for
+  // pre-packed B with the Cols split, which needs no barrier.
+  int team_rank = 0;
+  int team_size = 0;
 };
 
 // Micro-panels per dynamically dealt row chunk (96 rows of float at MR = 6).
@@ -389,8 +399,9 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
   // B block: NC rows x k packed, sized to stay in L2 while the A micro-panels of
   // a thread stream past it (each A micro-panel is MR rows, L1-resident).
   const index_t NC = std::max<index_t>(NR, std::min<index_t>(NR * 64, (static_cast<index_t>(gemm_block_bytes()) / row_bytes) / NR * NR));
-  int nt = choose_threads<T>(m, n, k, opt.threads);
-  Split split = opt.split;
+  const bool in_team = opt.team_size > 0;
+  int nt = in_team ? opt.team_size : choose_threads<T>(m, n, k, opt.threads);
+  Split split = in_team ? Split::Cols : opt.split;
   if (split == Split::Auto) split = (m >= static_cast<index_t>(nt) * MR * 4) ? Split::Rows : Split::Cols;
   if (split == Split::Rows) nt = static_cast<int>(std::max<index_t>(1, std::min<index_t>(nt, (m + MR - 1) / MR)));
 
@@ -418,6 +429,7 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
   const index_t buffer_elems = own_regions      ? (block_cols / NR + nt) * NR * kk
                                : private_blocks ? block_elems * nt
                                                 : block_elems * (two_buffers ? 2 : 1);
+  if (in_team && !packed_b) return;  // not supported (see GemmOptions::team_size)
   T* bbuf = packed_b ? nullptr : scratch<T>(kScratchPackB, static_cast<std::size_t>(buffer_elems));
   const index_t m_panels = (m + MR - 1) / MR;
   // Dynamic rows: within each block, chunks of rows go to whichever thread
@@ -505,6 +517,7 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
       }
     }
   };
+  if (in_team) return body(opt.team_rank, opt.team_size);
 #ifdef _OPENMP
   if (nt > 1) {
 #pragma omp parallel num_threads(nt)
