@@ -199,3 +199,41 @@ def test_tall_products_are_bitwise_across_thread_counts(restore_threads):
     ref = (a.astype(np.float64) / np.linalg.norm(a, axis=1, keepdims=True).astype(np.float64)) @ (
         b.astype(np.float64) / np.linalg.norm(b, axis=1, keepdims=True).astype(np.float64)).T
     assert np.abs(one[0] - ref).max() < 1e-5
+
+
+@pytest.mark.skipif("cpp" not in fastsim.available_backends(), reason="compiled core not available")
+@pytest.mark.parametrize("cell", ["LSTM", "RNN"])
+def test_small_batch_steps_shared_by_threads(cell, restore_threads):
+    # A few sequences with a wide hidden state: each step is too small for a
+    # GEMM to fork threads by itself, so the threads are started once per
+    # direction and split W_hh's columns with a barrier per step.  H = 160 for
+    # the RNN gives 3 column panels (an uneven split); lengths make sequences
+    # end early in both directions; the encoder reads a projected table.
+    rng = np.random.default_rng(11)
+    H = 128 if cell == "LSTM" else 160
+    layer_cls = fastsim.LSTM if cell == "LSTM" else fastsim.RNN
+    layer = layer_cls(40, H, num_layers=2, bidirectional=True, seed=5)
+    x = rng.standard_normal((3, 17, 40)).astype(np.float32)
+    lengths = np.array([17, 4, 11])
+    enc = fastsim.SiameseEncoder.random(60, 40, H, cell=cell, pooling="masked_mean", seed=6)
+    ids = rng.integers(1, 60, size=(2, 13))
+    ids[1, 7:] = 0
+
+    def run():
+        out, state = layer(x, lengths, backend="cpp")
+        return [out, *flatten(state), enc.encode(ids, backend="cpp")]
+
+    fastsim.set_num_threads(1)
+    one = run()
+    for n in (2, 3):
+        fastsim.set_num_threads(n)
+        assert_bitwise(run(), one, f"{cell} small batch, {n} threads vs 1")
+    ref = layer_cls(40, H, num_layers=2, bidirectional=True, dtype=np.float64)
+    for k, dirs in enumerate(layer.weights):
+        for d, w in enumerate(dirs):
+            ref.set_weights(k, d, *(a.astype(np.float64) for a in w))
+    out, state = ref(x.astype(np.float64), lengths, backend="numpy")
+    want = [out, *flatten(state)]
+    for g, w in zip(one, want):
+        assert_close(g, w, np.float32, err_msg=f"{cell} small batch vs the float64 reference")
+    assert_close(one[-1], enc.encode(ids, backend="numpy"), np.float32, err_msg=f"{cell} encoder vs NumPy")

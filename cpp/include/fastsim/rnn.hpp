@@ -329,6 +329,28 @@ struct StepInput {
   index_t ids_ld = 0;
 };
 
+// Threads for the steps of one direction, started once for the whole
+// sequence (see rnn_steps): 1 when a step is too small to share.  Below the
+// size at which a step GEMM would fork threads by itself (choose_threads), a
+// barrier per step (well under a microsecond with two spinning threads)
+// still pays once a step is ~10^5 FLOPs: each core then streams half of
+// W_hh from its own L2, which is what a small-batch step is bound by.
+inline constexpr double kStepTeamFlops = 1e5;
+
+template <class T>
+inline int step_team(index_t B, index_t cols, index_t K) {
+#ifdef _OPENMP
+  const int nt = num_threads();
+  const index_t panels = (cols + GemmShape<T>::NR - 1) / GemmShape<T>::NR;
+  const double flops = 2.0 * static_cast<double>(B) * static_cast<double>(cols) * static_cast<double>(K);
+  if (nt < 2 || flops < kStepTeamFlops) return 1;
+  return static_cast<int>(std::min<index_t>(nt, panels));
+#else
+  (void)B, (void)cols, (void)K;
+  return 1;
+#endif
+}
+
 // Run one direction of one layer from a given step input.
 //   row_b, row_t : row of (i, t) = i * row_b + t * row_t, for x or pre and for out
 //   lengths      : B entries in 1..T, or null (all T)
@@ -340,9 +362,9 @@ void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_
                const Pooling<T>& pooling = {}) {
   const index_t H = w.H, cols = w.cols;
   if (B <= 0 || T_len <= 0) return;
-  std::vector<index_t> t_of(static_cast<std::size_t>(B));
-  std::vector<const T*> xrow(static_cast<std::size_t>(B), nullptr);
-  auto plan_step = [&](index_t s) {
+  // Which step of each batch row step s runs (-1: its sequence has ended) and
+  // where that row's input comes from; false once every sequence has ended.
+  auto plan_step = [&](index_t s, std::vector<index_t>& t_of, std::vector<const T*>& xrow) {
     bool any = false;
     for (index_t i = 0; i < B; ++i) {
       const index_t len = lengths ? static_cast<index_t>(lengths[i]) : T_len;
@@ -356,6 +378,8 @@ void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_
     }
     return any;
   };
+  std::vector<index_t> t_of(static_cast<std::size_t>(B));
+  std::vector<const T*> xrow(static_cast<std::size_t>(B), nullptr);
   const StepOutputs<T> dst{out, out_ld, out_off, row_b, row_t, pooling};
   GemmOptions opt;
   opt.flush_denormals = true;
@@ -371,30 +395,60 @@ void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_
     const index_t K = Dx + H;
     const PackedB<T>& wp = in.x ? w.w_cat : w.w_hh;
     T* stage = scratch<T>(kScratchKernel, static_cast<std::size_t>(2 * B * K));
-    T* cur = stage;
-    T* nxt = stage + B * K;
     std::fill(stage, stage + 2 * B * K, T(0));
-    for (index_t i = 0; i < B; ++i) std::copy(h + i * H, h + (i + 1) * H, cur + i * K + Dx);
-    for (index_t s = 0; s < T_len; ++s) {
-      if (!plan_step(s)) break;  // every sequence has ended: the states are final
-      if (in.x)
-        for (index_t i = 0; i < B; ++i)
-          if (t_of[i] >= 0) {
-            const T* xr = in.x + (i * row_b + t_of[i] * row_t) * Dx;
-            std::copy(xr, xr + Dx, cur + i * K);
-          }
-      StepContext<T> ctx{w.bias_x.data(), H, t_of.data(), cur + Dx, nxt + Dx, K, c, dst,
-                         in.x ? nullptr : xrow.data(), B};
-      if (w.cell == Cell::LSTM) {
-        LstmStepEpilogue<T> ep{ctx};
-        gemm_nt<T>(cur, K, nullptr, 0, B, cols, K, ep, opt, &wp);
-      } else {
-        RnnStepEpilogue<T> ep{ctx, w.cell == Cell::RNN_RELU};
-        gemm_nt<T>(cur, K, nullptr, 0, B, cols, K, ep, opt, &wp);
+    for (index_t i = 0; i < B; ++i) std::copy(h + i * H, h + (i + 1) * H, stage + i * K + Dx);
+    // All steps, as member `rank` of a team of `size` threads started once
+    // for the whole sequence (size 0: alone, each step GEMM picks its own
+    // threads).  A member owns the same weight columns, hence the same hidden
+    // units of h, c and the outputs, at every step; one barrier per step makes
+    // h_t whole before any member reads it.  Returns the buffer holding h_T.
+    auto run = [&](int rank, int size, std::vector<index_t>& t_loc, std::vector<const T*>& x_loc) {
+      GemmOptions o = opt;
+      o.team_rank = rank;
+      o.team_size = size;
+      T* cur = stage;
+      T* nxt = stage + B * K;
+      for (index_t s = 0; s < T_len; ++s) {
+        if (!plan_step(s, t_loc, x_loc)) break;  // every sequence has ended: the states are final
+        if (in.x)  // never in a team (see step_team)
+          for (index_t i = 0; i < B; ++i)
+            if (t_loc[i] >= 0) {
+              const T* xr = in.x + (i * row_b + t_loc[i] * row_t) * Dx;
+              std::copy(xr, xr + Dx, cur + i * K);
+            }
+        StepContext<T> ctx{w.bias_x.data(), H, t_loc.data(), cur + Dx, nxt + Dx, K, c, dst,
+                           in.x ? nullptr : x_loc.data(), B};
+        if (w.cell == Cell::LSTM) {
+          LstmStepEpilogue<T> ep{ctx};
+          gemm_nt<T>(cur, K, nullptr, 0, B, cols, K, ep, o, &wp);
+        } else {
+          RnnStepEpilogue<T> ep{ctx, w.cell == Cell::RNN_RELU};
+          gemm_nt<T>(cur, K, nullptr, 0, B, cols, K, ep, o, &wp);
+        }
+#ifdef _OPENMP
+        if (size > 1) {
+#pragma omp barrier
+        }
+#endif
+        std::swap(cur, nxt);
       }
-      std::swap(cur, nxt);
+      return cur;
+    };
+    T* last = nullptr;
+    const int team = in.x ? 1 : step_team<T>(B, cols, K);
+#ifdef _OPENMP
+    if (team > 1) {
+#pragma omp parallel num_threads(team)
+      {
+        std::vector<index_t> t_loc(static_cast<std::size_t>(B));
+        std::vector<const T*> x_loc(static_cast<std::size_t>(B), nullptr);
+        T* mine = run(omp_get_thread_num(), omp_get_num_threads(), t_loc, x_loc);
+        if (omp_get_thread_num() == 0) last = mine;
+      }
     }
-    for (index_t i = 0; i < B; ++i) std::copy(cur + i * K + Dx, cur + i * K + Dx + H, h + i * H);
+#endif
+    if (!last) last = run(0, 0, t_of, xrow);
+    for (index_t i = 0; i < B; ++i) std::copy(last + i * K + Dx, last + i * K + Dx + H, h + i * H);
     return;
   }
 
@@ -407,7 +461,7 @@ void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_
   using V = vec_t<T>;
   constexpr int L = Simd<T>::lanes;
   for (index_t s = 0; s < T_len; ++s) {
-    if (!plan_step(s)) break;
+    if (!plan_step(s, t_of, xrow)) break;
     BiasStoreEpilogue<T> ep{hh.data(), cols, w.bias_h.data()};
     gemm_nt<T>(h_prev, H, nullptr, 0, B, cols, H, ep, opt, &w.w_hh);
     DenormalGuard flush(true);
