@@ -81,15 +81,17 @@ def test_zero_nan_and_inf_rows(backend, dtype, rng):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_large_self_matrix_special_rows_far_down(backend, dtype, rng):
-    # 1500 columns: the numba kernel works in blocks of a few hundred rows, so
-    # the zero and NaN rows below sit in later blocks, diagonal included
-    a = rng.standard_normal((1500, 7)).astype(dtype)
-    a[900] = 0
-    a[1400, 3] = np.nan
+    # 2100 rows: 4.4M outputs, past the size from which the numba kernel runs
+    # its normalize and clamp passes in parallel (and the cpp kernel splits
+    # rows between threads), so the zero and NaN rows below sit in a later
+    # thread's share, diagonal included
+    a = rng.standard_normal((2100, 7)).astype(dtype)
+    a[1500] = 0
+    a[2050, 3] = np.nan
     got = fastsim.cosine_similarity_matrix(a, backend=backend)
-    assert got[900, 900] == 0 and np.isnan(got[1400, 1400])
+    assert got[1500, 1500] == 0 and np.isnan(got[2050, 2050])
     diag = np.diag(got)
-    assert np.all(diag[np.r_[0:900, 901:1400, 1401:1500]] == 1.0)
+    assert np.all(diag[np.r_[0:1500, 1501:2050, 2051:2100]] == 1.0)
     assert_close(got, _ref_matrix(a), dtype)
 
 

@@ -15,6 +15,7 @@ only beyond about 1e-180 or 1e180.
 from __future__ import annotations
 
 import math
+import types
 
 import numba as nb
 import numpy as np
@@ -118,18 +119,39 @@ def _clamp_rows_py(out, post_a, self_diag):
                 out[i, i] = 0.0
 
 
+def _jit_as(py_func, name, **flags):
+    """``njit(**flags)`` of ``py_func`` compiled under the name ``name``.
+
+    Numba's on-disk cache files a function under its qualified name and first
+    line, not its compile flags: two compilations of one function (or two
+    closures of one factory) would share a cache entry, and the later process
+    would load whichever was written last for both, e.g. the parallel code
+    where the serial was meant.  A name of its own gives each variant its own
+    entry.
+    """
+    f = types.FunctionType(py_func.__code__, py_func.__globals__, name, py_func.__defaults__, py_func.__closure__)
+    f.__qualname__ = name
+    return nb.njit(**flags, **_OPTS)(f)
+
+
 # Each helper exists twice: parallel for large inputs, serial for small ones,
 # where waking the thread pool costs more than the work.
-_unit_rows = nb.njit(parallel=True, **_OPTS)(_unit_rows_py)
-_clamp_rows = nb.njit(parallel=True, **_OPTS)(_clamp_rows_py)
-_unit_rows_serial = nb.njit(**_OPTS)(_unit_rows_py)
-_clamp_rows_serial = nb.njit(**_OPTS)(_clamp_rows_py)
+_unit_rows = _jit_as(_unit_rows_py, "_unit_rows", parallel=True)
+_clamp_rows = _jit_as(_clamp_rows_py, "_clamp_rows", parallel=True)
+_unit_rows_serial = _jit_as(_unit_rows_py, "_unit_rows_serial")
+_clamp_rows_serial = _jit_as(_clamp_rows_py, "_clamp_rows_serial")
 
 _PARALLEL_MIN_WORK = 1 << 20  # multiply-adds below which the serial helpers win
+# Outputs below which the matrix kernel keeps its O((m + n) d) and O(m n)
+# passes serial: Numba's OpenMP workers spin for a while after a parallel
+# pass and then share the cores with the BLAS threads of the product.  At
+# 1024 x 1024 x 256 (float32, 2 cores, GCC's default spin) the parallel
+# passes left the kernel at 0.63-0.69x NumPy's speed, the serial ones at
+# 0.96-1.04x; at 4096 x 4096 the parallel clamp pays for itself again.
+_MATRIX_PARALLEL_MIN_OUT = 1 << 22
 
 
-def _make_matrix(unit_rows, clamp_rows):
-    @nb.njit(**_OPTS)
+def _make_matrix(unit_rows, clamp_rows, name):
     def matrix(a, b, out, self_sim):
         an, post_a = unit_rows(a)
         if self_sim:
@@ -142,18 +164,18 @@ def _make_matrix(unit_rows, clamp_rows):
             np.dot(an, bn.T, out)
         clamp_rows(out, post_a, self_sim)
 
-    return matrix
+    return _jit_as(matrix, name)
 
 
-_matrix = _make_matrix(_unit_rows, _clamp_rows)
-_matrix_serial = _make_matrix(_unit_rows_serial, _clamp_rows_serial)
+_matrix = _make_matrix(_unit_rows, _clamp_rows, "_matrix")
+_matrix_serial = _make_matrix(_unit_rows_serial, _clamp_rows_serial, "_matrix_serial")
 
 
 def cosine_matrix(a, b, out):
     """``out[i, j] = cos(a[i], b[j])``; ``b=None`` compares ``a`` with itself."""
     if a.shape[0] == 0 or out.size == 0:
         return
-    fn = _matrix if out.size * a.shape[1] >= _PARALLEL_MIN_WORK else _matrix_serial
+    fn = _matrix if out.size >= _MATRIX_PARALLEL_MIN_OUT else _matrix_serial
     if b is None:
         fn(a, a, out, True)
     else:
@@ -190,8 +212,8 @@ def _rows_py(a, b, out):
             out[i] = min(1.0, max(-1.0, s))
 
 
-_rows = nb.njit(parallel=True, **_OPTS)(_rows_py)
-_rows_serial = nb.njit(**_OPTS)(_rows_py)
+_rows = _jit_as(_rows_py, "_rows", parallel=True)
+_rows_serial = _jit_as(_rows_py, "_rows_serial")
 
 
 def cosine_rows(a, b, out):
