@@ -27,6 +27,24 @@ SAFE_MAX = 2.0**600
 _DBL_MAX = 1.7976931348623157e308
 
 
+@nb.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def sum_of_squares(row):
+    """Sum of the squared entries of ``row`` in float64.
+
+    Reassociation is allowed here (and only here) so that the sum runs in
+    vector partial sums: one running sum is a chain of dependent adds, and
+    normalizing a 1024 x 256 float32 matrix took 0.5 ms that way.  NaN and
+    inf still propagate (no finite-math assumption); for float32 input every
+    square is exact in float64, so only the order of the final additions
+    differs from a left-to-right sum.
+    """
+    s = 0.0
+    for k in range(row.shape[0]):
+        x = np.float64(row[k])
+        s += x * x
+    return s
+
+
 @nb.njit(**_OPTS)
 def row_factors(row):
     """``(pre, post)`` such that ``(row * pre) * post``, in float64, is the unit row.
@@ -38,10 +56,7 @@ def row_factors(row):
     row has ``post = 0``, a row holding NaN or inf ``post = NaN``.
     """
     d = row.shape[0]
-    s = 0.0
-    for k in range(d):
-        x = np.float64(row[k])
-        s += x * x
+    s = sum_of_squares(row)
     if s >= SAFE_MIN and s <= SAFE_MAX:
         return 1.0, 1.0 / np.sqrt(s)
     peak = 0.0
