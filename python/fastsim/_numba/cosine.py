@@ -1,9 +1,10 @@
 """Numba cosine kernels, following the structure of ``_reference.cosine``.
 
-The matrix kernel normalizes both operands (a parallel O((m + n) d) pass),
-hands the product to BLAS through ``np.dot`` (SciPy's BLAS under Numba), and
-clamps in a parallel pass; the row kernel fuses the three dot products of a
-row into one loop accumulated in float64.
+The matrix kernel normalizes both operands (an O((m + n) d) pass), hands the
+product to BLAS through ``np.dot`` (SciPy's BLAS under Numba), and clamps in
+an O(m n) pass; both passes run in parallel only for large outputs (see
+``_MATRIX_PARALLEL_MIN_OUT``).  The row kernel fuses the three dot products
+of a row into one loop accumulated in float64.
 
 Rows of any finite magnitude give their cosine: a row whose float64 sum of
 squares lies in [``SAFE_MIN``, ``SAFE_MAX``] is normalized as it is, any other
