@@ -357,3 +357,34 @@ def test_float32_accuracy_up_to_d_1024(rng):
         b = (a + 0.1 * rng.standard_normal((64, 1024))).astype(np.float32)
         got = fastsim.cosine_similarity_matrix(a, b, backend=backend)
         assert np.max(np.abs(got - _ref_matrix(a, b))) < 1e-5
+
+
+def test_numba_kernels_have_distinct_cache_entries():
+    # Numba files a cached function under its qualified name and first line,
+    # whatever its compile flags: two variants of one function (parallel and
+    # serial) sharing an entry made later processes run one variant's code
+    # for both.  Every cached kernel of the numba backend needs its own.
+    if "numba" not in fastsim.available_backends():
+        pytest.skip("numba is not installed")
+    import importlib
+
+    import numba
+
+    names = {}
+    seen = set()
+    for area in ("cosine", "topk", "triplet", "rnn"):
+        mod = importlib.import_module(f"fastsim._numba.{area}")
+        for attr, obj in vars(mod).items():
+            if not isinstance(obj, numba.core.registry.CPUDispatcher) or id(obj) in seen:
+                continue  # not a kernel, or one imported from another module
+            seen.add(id(obj))
+            cache_file = getattr(obj._cache, "_cache_file", None)
+            if cache_file is None:  # not a caching dispatcher
+                continue
+            index = getattr(cache_file, "_index_name", None)
+            if index is None:
+                pytest.skip("this Numba version names its cache files differently")
+            names.setdefault(index, []).append(f"{area}.{attr}")
+    assert names, "no cached numba kernels found"
+    shared = {k: v for k, v in names.items() if len(v) > 1}
+    assert not shared, f"kernels sharing a Numba cache entry: {shared}"
