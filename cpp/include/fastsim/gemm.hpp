@@ -269,9 +269,13 @@ inline void micro_kernel_rows(index_t k, const T* __restrict a, index_t lda, con
   }
   V acc[MR][NV];
 #pragma GCC unroll 32
-  for (int r = 0; r < MR; ++r)
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = r < R ? c[r < R ? r : 0][v] : V{};
+    for (int v = 0; v < NV; ++v) acc[r][v] = c[r][v];
+#pragma GCC unroll 32
+  for (int r = R; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
   ep.template operator()<MR, NV, V>(i0, j0, R, nr, acc, thread);
 }
 
@@ -400,6 +404,7 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
   // a thread stream past it (each A micro-panel is MR rows, L1-resident).
   const index_t NC = std::max<index_t>(NR, std::min<index_t>(NR * 64, (static_cast<index_t>(gemm_block_bytes()) / row_bytes) / NR * NR));
   const bool in_team = opt.team_size > 0;
+  if (in_team && !packed_b) return;  // not supported (see GemmOptions::team_size)
   int nt = in_team ? opt.team_size : choose_threads<T>(m, n, k, opt.threads);
   Split split = in_team ? Split::Cols : opt.split;
   if (split == Split::Auto) split = (m >= static_cast<index_t>(nt) * MR * 4) ? Split::Rows : Split::Cols;
@@ -429,7 +434,6 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
   const index_t buffer_elems = own_regions      ? (block_cols / NR + nt) * NR * kk
                                : private_blocks ? block_elems * nt
                                                 : block_elems * (two_buffers ? 2 : 1);
-  if (in_team && !packed_b) return;  // not supported (see GemmOptions::team_size)
   T* bbuf = packed_b ? nullptr : scratch<T>(kScratchPackB, static_cast<std::size_t>(buffer_elems));
   const index_t m_panels = (m + MR - 1) / MR;
   // Dynamic rows: within each block, chunks of rows go to whichever thread

@@ -28,7 +28,7 @@ SAFE_MAX = 2.0**600
 _DBL_MAX = 1.7976931348623157e308
 
 
-@nb.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+@nb.njit(**_OPTS, fastmath={"reassoc", "contract"})
 def sum_of_squares(row):
     """Sum of the squared entries of ``row`` in float64.
 
