@@ -202,13 +202,16 @@ def test_tall_products_are_bitwise_across_thread_counts(restore_threads):
 
 
 @pytest.mark.skipif("cpp" not in fastsim.available_backends(), reason="compiled core not available")
+@pytest.mark.parametrize("project", ["0", "1"], ids=["x-in-step", "projected"])
 @pytest.mark.parametrize("cell", ["LSTM", "RNN"])
-def test_small_batch_steps_shared_by_threads(cell, restore_threads):
+def test_small_batch_steps_shared_by_threads(cell, project, monkeypatch, restore_threads):
     # A few sequences with a wide hidden state: each step is too small for a
     # GEMM to fork threads by itself, so the threads are started once per
     # direction and split W_hh's columns with a barrier per step.  H = 160 for
     # the RNN gives 3 column panels (an uneven split); lengths make sequences
-    # end early in both directions; the encoder reads a projected table.
+    # end early in both directions; the encoder reads a projected table.  With
+    # x multiplied in the step, each member also stages its rows of x_{t+1}.
+    monkeypatch.setenv("FASTSIM_RNN_PROJECT", project)
     rng = np.random.default_rng(11)
     H = 128 if cell == "LSTM" else 160
     layer_cls = fastsim.LSTM if cell == "LSTM" else fastsim.RNN
@@ -218,6 +221,10 @@ def test_small_batch_steps_shared_by_threads(cell, restore_threads):
     enc = fastsim.SiameseEncoder.random(60, 40, H, cell=cell, pooling="masked_mean", seed=6)
     ids = rng.integers(1, 60, size=(2, 13))
     ids[1, 7:] = 0
+    # The encoder switches to its projected table once it has seen V tokens:
+    # get there first, so every compared run takes the same path.
+    while enc._tokens_encoded < enc.vocab_size:
+        enc.encode(ids, backend="cpp")
 
     def run():
         out, state = layer(x, lengths, backend="cpp")
@@ -236,4 +243,48 @@ def test_small_batch_steps_shared_by_threads(cell, restore_threads):
     want = [out, *flatten(state)]
     for g, w in zip(one, want):
         assert_close(g, w, np.float32, err_msg=f"{cell} small batch vs the float64 reference")
+    assert_close(one[-1], enc.encode(ids, backend="numpy"), np.float32, err_msg=f"{cell} encoder vs NumPy")
+
+
+@pytest.mark.skipif("cpp" not in fastsim.available_backends(), reason="compiled core not available")
+@pytest.mark.parametrize("project", ["0", "1"], ids=["x-in-step", "projected"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_large_batch_runs_in_lanes(cell, project, monkeypatch, restore_threads):
+    # Enough sequences that every thread runs its own lane of rows through all
+    # the steps: 131 rows (not a multiple of the 6-row register tile) give
+    # lanes of 66 + 65 rows on two threads and 42 + 42 + 47 on three.  The
+    # lanes must see their own rows of x, lengths, initial states, outputs
+    # and pooled sums, in both directions and both step forms.
+    monkeypatch.setenv("FASTSIM_RNN_PROJECT", project)
+    rng = np.random.default_rng(12)
+    B, T, D, H = 131, 9, 24, 40
+    layer_cls = {"LSTM": fastsim.LSTM, "GRU": fastsim.GRU, "RNN": fastsim.RNN}[cell]
+    layer = layer_cls(D, H, num_layers=2, bidirectional=True, seed=8)
+    x = rng.standard_normal((B, T, D)).astype(np.float32)
+    lengths = rng.integers(1, T + 1, size=B)
+    h0 = rng.standard_normal((4, B, H)).astype(np.float32)
+    initial = (h0, rng.standard_normal((4, B, H)).astype(np.float32)) if cell == "LSTM" else h0
+    enc = fastsim.SiameseEncoder.random(300, D, H, cell="LSTM" if cell == "GRU" else cell,
+                                        pooling="masked_mean", seed=9)
+    ids = rng.integers(1, 300, size=(B, T))
+    for i, n in enumerate(lengths):
+        ids[i, n:] = 0
+
+    def run():
+        out, state = layer(x, lengths, initial, backend="cpp")
+        return [out, *flatten(state), enc.encode(ids, backend="cpp")]
+
+    fastsim.set_num_threads(1)
+    one = run()
+    for n in (2, 3):
+        fastsim.set_num_threads(n)
+        assert_bitwise(run(), one, f"{cell} large batch, {n} threads vs 1")
+    ref = layer_cls(D, H, num_layers=2, bidirectional=True, dtype=np.float64)
+    for k, dirs in enumerate(layer.weights):
+        for d, w in enumerate(dirs):
+            ref.set_weights(k, d, *(a.astype(np.float64) for a in w))
+    init64 = tuple(a.astype(np.float64) for a in initial) if cell == "LSTM" else h0.astype(np.float64)
+    out, state = ref(x.astype(np.float64), lengths, init64, backend="numpy")
+    for g, w in zip(one, [out, *flatten(state)]):
+        assert_close(g, w, np.float32, err_msg=f"{cell} large batch vs the float64 reference")
     assert_close(one[-1], enc.encode(ids, backend="numpy"), np.float32, err_msg=f"{cell} encoder vs NumPy")
