@@ -19,6 +19,7 @@ passes above 2^18 elements).  :data:`OPS` is shared with
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -288,3 +289,39 @@ def test_large_batch_runs_in_lanes(cell, project, monkeypatch, restore_threads):
     for g, w in zip(one, [out, *flatten(state)]):
         assert_close(g, w, np.float32, err_msg=f"{cell} large batch vs the float64 reference")
     assert_close(one[-1], enc.encode(ids, backend="numpy"), np.float32, err_msg=f"{cell} encoder vs NumPy")
+
+
+_FEWER_THREADS_SCRIPT = """
+import numpy as np
+import fastsim
+fastsim.set_num_threads(2)
+rng = np.random.default_rng(3)
+B, T, D, H = 131, 7, 16, 24
+x = rng.standard_normal((B, T, D)).astype(np.float32)
+lengths = rng.integers(1, T + 1, size=B)
+worst = 0.0
+for cls in (fastsim.LSTM, fastsim.GRU, fastsim.RNN):
+    layer = cls(D, H, bidirectional=True, seed=4)
+    ref = cls(D, H, bidirectional=True, dtype=np.float64)
+    for d, w in enumerate(layer.weights[0]):
+        ref.set_weights(0, d, *(a.astype(np.float64) for a in w))
+    got, _ = layer(x, lengths, backend="cpp")
+    want, _ = ref(x.astype(np.float64), lengths, backend="numpy")
+    worst = max(worst, float(np.abs(got - want).max()))
+print(worst)
+"""
+
+
+@pytest.mark.skipif("cpp" not in fastsim.available_backends(), reason="compiled core not available")
+def test_fewer_openmp_threads_than_asked():
+    # OMP_THREAD_LIMIT=1: every parallel region gets one thread although
+    # fastsim asks for two, so work planned for two threads (the lanes of a
+    # large recurrent batch) must still all be done by the one.
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    done = subprocess.run([sys.executable, "-c", _FEWER_THREADS_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.split()[-1]) < 1e-5, done.stdout

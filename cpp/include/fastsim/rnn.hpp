@@ -610,9 +610,13 @@ void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_
     const std::vector<index_t> bounds = lane_bounds(B, T_len, lengths, lanes, GemmShape<T>::MR);
 #pragma omp parallel num_threads(lanes)
     {
-      const int r = omp_get_thread_num();
-      const index_t i0 = r < lanes ? bounds[r] : B, i1 = r < lanes ? bounds[r + 1] : B;
-      if (i1 > i0) {
+      // OpenMP may start fewer threads than asked (a thread limit, or a
+      // call from inside another parallel region): the lanes are then dealt
+      // round-robin, so every row is still run.
+      const int n = omp_get_num_threads();
+      for (int r = omp_get_thread_num(); r < lanes; r += n) {
+        const index_t i0 = bounds[r], i1 = bounds[r + 1];
+        if (i1 <= i0) continue;
         StepInput<T> sub = in;
         if (in.x) sub.x = in.x + i0 * row_b * w.D;
         if (in.ids)
