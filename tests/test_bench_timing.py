@@ -43,3 +43,22 @@ def test_time_call_is_one_round():
     t, r = time_call(lambda: time.sleep(0.001) or 7, min_repeats=3, min_time=0.01)
     assert r == 7
     assert t == pytest.approx(0.001, abs=0.004)
+
+
+def test_each_turn_starts_after_the_settle_pause_which_is_not_timed():
+    calls = []  # (name, start, end) of every call
+
+    def make(name):
+        def fn():
+            t0 = time.perf_counter()
+            time.sleep(0.002)
+            calls.append((name, t0, time.perf_counter()))
+            return name
+
+        return fn
+
+    times, _ = time_rounds({"a": make("a"), "b": make("b")}, rounds=2, min_repeats=2, min_time=0.01, settle=0.05)
+    timed = calls[4:]  # after the warm-up and batch-size calls
+    gaps = [nxt[1] - prev[2] for prev, nxt in zip(timed, timed[1:]) if prev[0] != nxt[0]]
+    assert len(gaps) == 3 and min(gaps) >= 0.05
+    assert times["a"] < 0.02 and times["b"] < 0.02  # the pause is outside the samples

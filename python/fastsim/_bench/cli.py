@@ -25,11 +25,18 @@ from .common import max_abs_error, time_rounds
 AREAS = ("cosine", "triplet", "rnn", "pipeline")
 
 # Every library compared here keeps a thread pool that busy-waits after each
-# parallel call (OpenBLAS for up to ~2^28 cycles, GNU OpenMP in fastsim and in
-# PyTorch for ~300k spins).  On a 2-core machine an idle pool spinning beside
-# the one being timed steals its cores, so the bench shortens those waits.
-# They are read when each library loads, hence the re-exec before any import.
-QUIET_POOLS = {"OPENBLAS_THREAD_TIMEOUT": "4", "GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "0"}
+# parallel call (OpenBLAS for up to ~2^28 cycles, GNU OpenMP in fastsim, Numba
+# and PyTorch for ~300k spins).  On a 2-core machine an idle pool spinning
+# beside the one being timed steals its cores.  Between runners, time_rounds
+# pauses long enough for any pool to go idle (SETTLE_SECONDS).  Within one
+# runner the OpenMP pools' waits are shortened: the Numba backend runs
+# parallel loops right next to BLAS calls, which a spinning OpenMP pool slowed
+# to a fraction of their speed.  OpenBLAS's own wait is left at its default:
+# shortened (OPENBLAS_THREAD_TIMEOUT=4), NumPy's per-step LSTM reference ran
+# 5-15x slower, as each of its small sgemm calls had to wake sleeping threads.
+# The settings are read when each library loads, hence the re-exec before any
+# import.
+QUIET_POOLS = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "0"}
 
 
 def _reexec_with_quiet_pools(argv) -> None:

@@ -88,18 +88,29 @@ def time_call(fn: Callable[[], Any], *, min_repeats: int = 5, min_time: float = 
     return times["fn"], result["fn"]
 
 
+# Pause before each callable's turn in a round: longer than OpenBLAS's default
+# spin-wait (2^28 cycles, ~0.1 s at 2.8 GHz) and GNU OpenMP's, so the thread
+# pool of the callable timed before has gone idle and does not take cores
+# from the next one.
+SETTLE_SECONDS = 0.12
+
+
 def time_rounds(fns: dict[str, Callable[[], Any]], *, rounds: int = 3, min_repeats: int = 5, min_time: float = 0.2,
-                max_time: float = 3.0):
+                max_time: float = 3.0, settle: float | None = None):
     """Median wall times of several callables timed in interleaved rounds.
 
     Each round times every callable in turn for about ``min_time / rounds``
     seconds, so a drift in the machine's speed (other tenants of a shared host,
     clock changes) during the measurement reaches all of them alike instead of
     landing on whichever ran at the wrong moment; the ratios of the medians are
-    then what one process saw of them side by side.  Returns ``({name: median
-    seconds}, {name: last result})``.  A callable that raises is reported by
-    its exception in place of the time.
+    then what one process saw of them side by side.  With several callables,
+    each turn starts after ``settle`` seconds of sleep (default
+    ``SETTLE_SECONDS``) so the previous one's threads are idle.  Returns
+    ``({name: median seconds}, {name: last result})``.  A callable that raises
+    is reported by its exception in place of the time.
     """
+    if settle is None:
+        settle = SETTLE_SECONDS if len(fns) > 1 else 0.0
     per_round_time = min_time / rounds
     per_round_max = max_time / rounds
     per_round_reps = max(1, -(-min_repeats // rounds))
@@ -121,6 +132,8 @@ def time_rounds(fns: dict[str, Callable[[], Any]], *, rounds: int = 3, min_repea
             for name, fn in fns.items():
                 if isinstance(results[name], Exception):
                     continue
+                if settle > 0:
+                    time.sleep(settle)
                 start = time.perf_counter()
                 taken = 0
                 while True:
