@@ -26,28 +26,16 @@ AREAS = ("cosine", "triplet", "rnn", "pipeline")
 
 # Every library compared here keeps a thread pool that busy-waits after each
 # parallel call (OpenBLAS for up to ~2^28 cycles, GNU OpenMP in fastsim, Numba
-# and PyTorch for ~300k spins).  On a 2-core machine an idle pool spinning
-# beside the one being timed steals its cores.  Between runners, time_rounds
-# pauses long enough for any pool to go idle (SETTLE_SECONDS).  Within one
-# runner the OpenMP pools' waits are shortened: the Numba backend runs
-# parallel loops right next to BLAS calls, which a spinning OpenMP pool slowed
-# to a fraction of their speed.  OpenBLAS's own wait is left at its default:
-# shortened (OPENBLAS_THREAD_TIMEOUT=4), NumPy's per-step LSTM reference ran
-# 5-15x slower, as each of its small sgemm calls had to wake sleeping threads.
-# The settings are read when each library loads, hence the re-exec before any
-# import.
-QUIET_POOLS = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "0"}
-
-
-def _reexec_with_quiet_pools(argv) -> None:
-    if os.environ.get("FASTSIM_BENCH_CHILD") == "1":
-        return
-    env = dict(os.environ)
-    for key, value in QUIET_POOLS.items():
-        env.setdefault(key, value)
-    env["FASTSIM_BENCH_CHILD"] = "1"
-    sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "fastsim", *argv], env)
+# and PyTorch for up to 300k spins).  On a 2-core machine an idle pool
+# spinning beside the one being timed steals its cores, so time_rounds pauses
+# before each runner's turn until any pool has gone idle (SETTLE_SECONDS).
+# The pools' own settings are left as the user has them: shortened, each
+# handicapped somebody here.  OPENBLAS_THREAD_TIMEOUT=4 made NumPy's per-step
+# LSTM reference 5-15x slower (each small sgemm woke sleeping threads), and
+# GOMP_SPINCOUNT=10000 made PyTorch's B = 1 LSTM 2-40x slower.  The run
+# prints those that are set.
+POOL_SETTINGS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OPENBLAS_NUM_THREADS",
+                 "OPENBLAS_THREAD_TIMEOUT", "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER")
 
 
 def _load_areas(selected):
@@ -95,9 +83,9 @@ def run(args) -> list[dict]:
     print(f"fastsim {fastsim.__version__}  {platform.processor() or platform.machine()}  "
           f"simd={fastsim.info().get('simd_level')}  threads={threads}  openmp={fastsim.info().get('openmp')}",
           file=out)
-    pools = {k: os.environ[k] for k in QUIET_POOLS if k in os.environ}
+    pools = {k: os.environ[k] for k in POOL_SETTINGS if k in os.environ}
     if pools:
-        print("thread-pool waits: " + " ".join(f"{k}={v}" for k, v in pools.items()), file=out)
+        print("thread-pool settings: " + " ".join(f"{k}={v}" for k, v in pools.items()), file=out)
     if hasattr(os, "getloadavg"):
         print(f"load average before the run: {os.getloadavg()[0]:.2f}", file=out)
     peak = measure_peak(threads)
@@ -202,8 +190,6 @@ def main(argv=None) -> int:
     b.add_argument("--rounds", type=int, default=3,
                    help="interleaved timing rounds per case (every runner is timed once per round)")
     b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    b.add_argument("--keep-env", action="store_true",
-                   help="do not shorten the thread pools' spin-waits (see QUIET_POOLS)")
     sub.add_parser("info", help="print version, backends, SIMD level and threads")
     args = parser.parse_args(argv)
     if args.command == "info":
@@ -214,8 +200,6 @@ def main(argv=None) -> int:
         unknown = set(args.ops) - set(AREAS)
         if unknown:
             parser.error(f"--ops: unknown {sorted(unknown)}; choose from {AREAS}")
-    if not args.keep_env:
-        _reexec_with_quiet_pools(sys.argv[1:] if argv is None else list(argv))
     if args.threads:
         fastsim.set_num_threads(args.threads)
     run(args)
