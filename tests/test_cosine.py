@@ -97,6 +97,31 @@ def test_large_self_matrix_special_rows_far_down(backend, dtype, rng):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_outside_the_safe_range_in_every_block_of_rows(backend, dtype, rng):
+    # The cpp kernel takes inverse norms 64 rows at a time and classifies a
+    # block's rows one by one only when one of them is out of range (its sum
+    # of squares overflows or underflows): such rows first, last and on both
+    # sides of block boundaries, next to zero and NaN rows, in both operands.
+    huge, tiny = (1e30, 1e-30) if dtype == np.float32 else (1e200, 1e-200)
+    a, b = _data(rng, 150, 131, 40, dtype)
+    for x in (a, b):
+        x[0] *= huge
+        x[63] *= tiny
+        x[64] = 0
+        x[65, 7] = np.nan
+        x[127] *= huge
+        x[128] *= tiny
+        x[-1] *= huge
+    got = fastsim.cosine_similarity_matrix(a, b, backend=backend)
+    assert_close(got, _ref_matrix(a, b), dtype)
+    assert np.all(np.isnan(got[65])) and np.all(np.isnan(got[:, 65]))
+    selfsim = fastsim.cosine_similarity_matrix(a, backend=backend)
+    assert_close(selfsim, _ref_matrix(a), dtype)
+    assert np.all(np.diag(selfsim)[[0, 63, 127, 128, 149]] == 1.0) and selfsim[64, 64] == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_clamped_to_unit_interval(backend, dtype, rng):
     # Parallel and anti-parallel copies at many scales: rounding would push past +-1.
     base = rng.standard_normal((1, 37)).astype(dtype)
