@@ -152,11 +152,22 @@ inline V vfmadd(V x, V y, V a) {
 #endif
 }
 
+// Sum of the lanes of v, as a tree: the upper half of the vector is added to
+// the lower half until one lane is left (log2(lanes) shuffle + add pairs, not
+// a chain of lanes - 1 dependent scalar adds; row norms of short rows were
+// bound by that chain).
 template <class T, class V>
 inline T hsum(V v) {
-  T s = 0;
-  for (int l = 0; l < Simd<T>::lanes; ++l) s += v[l];
-  return s;
+  constexpr std::size_t bytes = sizeof(V);
+  if constexpr (bytes == sizeof(T)) {
+    return v[0];
+  } else {
+    typedef T H __attribute__((vector_size(bytes / 2)));
+    H lo, hi;
+    std::memcpy(&lo, &v, sizeof(H));
+    std::memcpy(&hi, reinterpret_cast<const unsigned char*>(&v) + sizeof(H), sizeof(H));
+    return hsum<T>(lo + hi);
+  }
 }
 
 // Dot product of two contiguous arrays, several vector accumulators to hide FMA latency.
