@@ -29,11 +29,13 @@ import numbers
 import numpy as np
 
 _FLOAT_KINDS = (np.float32, np.float64)
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
 _TooHardError = getattr(getattr(np, "exceptions", np), "TooHardError", RuntimeError)
 
 
 def _convert_dtype(dt: np.dtype, name: str) -> np.dtype:
-    if dt == np.float32 or dt == np.float64:
+    if dt is _F32 or dt is _F64 or dt == _F32 or dt == _F64:
         return dt
     if dt.kind in "iub" or dt == np.float16:
         return np.dtype(np.float32)
@@ -149,9 +151,9 @@ def check_bool(value, name: str) -> bool:
 def result_dtype(*arrays: np.ndarray) -> np.dtype:
     """float64 if any input is float64, else float32."""
     for a in arrays:
-        if a is not None and a.dtype == np.float64:
-            return np.dtype(np.float64)
-    return np.dtype(np.float32)
+        if a is not None and (a.dtype is _F64 or a.dtype == _F64):
+            return _F64
+    return _F32
 
 
 def contiguous(a: np.ndarray, dtype) -> np.ndarray:
@@ -170,13 +172,14 @@ def check_out(out, shape: tuple[int, ...], dtype, *, name: str = "out", inputs: 
     if out.shape != tuple(shape):
         msg = f"{name} must have shape {tuple(shape)}; got {out.shape}"
         raise ValueError(msg)
-    if out.dtype != np.dtype(dtype):
+    if out.dtype is not dtype and out.dtype != np.dtype(dtype):
         msg = f"{name} must have dtype {np.dtype(dtype)}; got {out.dtype}"
         raise TypeError(msg)
-    if not out.flags.writeable:
+    flags = out.flags
+    if not flags.writeable:
         msg = f"{name} must be writeable"
         raise ValueError(msg)
-    if not out.flags.c_contiguous:
+    if not flags.c_contiguous:
         msg = f"{name} must be C-contiguous"
         raise ValueError(msg)
     for arg, a in (inputs or {}).items():
@@ -244,13 +247,19 @@ def check_lengths(lengths, batch: int, max_len: int, *, name: str = "lengths") -
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
-def empty_aligned(shape, dtype, align: int = 64) -> np.ndarray:
+def empty_aligned(shape, dtype, align: int = 64, *, small: int = 1 << 16) -> np.ndarray:
     """Uninitialized C-contiguous array whose data starts on an ``align``-byte boundary.
 
-    Full-vector (and non-temporal) stores in the compiled kernels need aligned rows.
+    Large outputs are written with full-vector (and, past the caches,
+    non-temporal) stores, which want aligned rows.  Arrays under ``small``
+    bytes come straight from ``np.empty``: the compiled kernels accept any
+    alignment, and for a 64 x 64 result the over-allocation and the address
+    lookup cost more than the kernel's split stores.
     """
     dtype = np.dtype(dtype)
-    n = int(np.prod(shape, dtype=np.int64))
-    raw = np.empty(n * dtype.itemsize + align, dtype=np.uint8)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < small:
+        return np.empty(shape, dtype)
+    raw = np.empty(nbytes + align, dtype=np.uint8)
     offset = (-raw.ctypes.data) % align
-    return raw[offset : offset + n * dtype.itemsize].view(dtype).reshape(shape)
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
