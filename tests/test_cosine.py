@@ -376,6 +376,36 @@ def test_info_and_threads():
         fastsim.set_num_threads(1.5)
 
 
+_POOL_SCRIPT = """
+import sys
+import numba.np.ufunc.parallel as numba_parallel
+import numpy as np
+import fastsim
+
+info = fastsim.info()
+fastsim.set_num_threads(1)
+started_early = numba_parallel._is_initialized
+a = np.ones((3, 4), np.float32)
+fastsim.cosine_similarity_matrix(a, backend="numba")
+import numba
+print(started_early, info["numba_threads"] >= 1, numba_parallel._is_initialized, numba.get_num_threads())
+"""
+
+
+def test_info_and_set_num_threads_do_not_start_numbas_thread_pool():
+    # Numba's OpenMP threading layer turns nested parallelism on in the
+    # system libgomp; a PyTorch imported after it shares that runtime and its
+    # nested regions oversubscribe the cores (nn.GRU ran 10x slower).  The
+    # pool must start with the first Numba kernel, not from info() or
+    # set_num_threads(), which then still applies to it.
+    if "numba" not in fastsim.available_backends():
+        pytest.skip("numba is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "FASTSIM_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", _POOL_SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True", "1"]
+
+
 def test_float32_accuracy_up_to_d_1024(rng):
     for backend in [b for b in ("numba", "cpp") if b in fastsim.available_backends()]:
         a = rng.standard_normal((64, 1024)).astype(np.float32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import sys
 import warnings
 
 BACKENDS = ("numpy", "numba", "cpp")
@@ -41,6 +42,21 @@ def _numba_available() -> bool:
             else:
                 _numba_ok = True
     return _numba_ok
+
+
+def _numba_pool_started() -> bool:
+    """Whether Numba has started its threading layer in this process.
+
+    ``numba.get_num_threads`` and ``numba.set_num_threads`` start it.  Its
+    OpenMP layer loads the system libgomp and turns nested parallelism on
+    (max active levels 255); a PyTorch imported afterwards then shares that
+    runtime, and its nested regions oversubscribe the cores (``nn.GRU`` at
+    B = 64, T = 64 ran 200-260 ms instead of 20-25).  fastsim therefore starts
+    the pool only when a Numba kernel is first used, never from ``info`` or
+    ``set_num_threads``.
+    """
+    parallel = sys.modules.get("numba.np.ufunc.parallel")
+    return bool(getattr(parallel, "_is_initialized", False))
 
 
 def available_backends() -> list[str]:
@@ -123,7 +139,7 @@ def set_num_threads(n: int) -> None:
             )
         _core.set_num_threads(n)
     _numba_threads = n
-    if "numba" in importlib.sys.modules and _numba_available():
+    if _numba_pool_started():  # otherwise numba_module() applies it when a Numba kernel is first used
         import numba
 
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
@@ -203,5 +219,10 @@ def info() -> dict:
         import numba
 
         d["numba"] = numba.__version__
-        d["numba_threads"] = numba.get_num_threads() if _numba_threads is None else _numba_threads
+        if _numba_threads is not None:
+            d["numba_threads"] = _numba_threads
+        elif _numba_pool_started():
+            d["numba_threads"] = numba.get_num_threads()
+        else:
+            d["numba_threads"] = int(numba.config.NUMBA_NUM_THREADS)
     return d
