@@ -158,6 +158,8 @@ def _valid_call(draw, name):
     b = draw(st.integers(2, 7))
     if name == "cosine_matrix":
         return core.cosine_matrix, [arr(m, d), arr(n, d), np.empty((m, n), dt)]
+    if name == "cosine_matrix_fast":
+        return core.cosine_matrix_fast, [arr(m, d), arr(n, d), np.empty((m, n), dt)]
     if name == "cosine_rows":
         return core.cosine_rows, [arr(m, d), arr(m, d), np.empty(m, dt)]
     if name == "gemm_nt":
@@ -195,7 +197,7 @@ def _valid_call(draw, name):
     return layer.run, args
 
 
-_BINDINGS = ["cosine_matrix", "cosine_rows", "gemm_nt", "triplet_forward", "triplet_backward", "top_k",
+_BINDINGS = ["cosine_matrix", "cosine_matrix_fast", "cosine_rows", "gemm_nt", "triplet_forward", "triplet_backward", "top_k",
              "vec_math", "RnnLayer", "RnnLayer.run"]
 
 
@@ -211,3 +213,165 @@ def test_bindings_answer_any_arguments_with_a_result_or_a_clear_error(name, data
         fn(*args)
     except (TypeError, ValueError):
         pass
+
+
+# --------------------------------------------------------------------------- cosine_matrix_fast
+# cosine_similarity_matrix first offers its arguments to this one compiled
+# call, which checks them itself and computes, or answers None so that the
+# general path converts, validates and raises the documented errors.
+
+
+class _Subclass(np.ndarray):
+    pass
+
+
+def _plain(dtype=np.float32, m=5, n=7, d=9, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((m, d)).astype(dtype), rng.standard_normal((n, d)).astype(dtype)
+
+
+def _unaligned(shape, dtype):
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.zeros(size + 1, np.uint8)
+    arr = raw[1:].view(dtype).reshape(shape)
+    assert not arr.flags.aligned
+    return arr
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("self_pair", [False, True])
+@pytest.mark.parametrize("with_out", [False, True])
+def test_cosine_matrix_fast_computes_what_the_general_kernel_computes(dtype, self_pair, with_out):
+    core = fastsim._backend.core()
+    a, b = _plain(dtype)
+    b = None if self_pair else b
+    n = a.shape[0] if self_pair else b.shape[0]
+    out = np.full((a.shape[0], n), 7.0, dtype) if with_out else None
+    got = core.cosine_matrix_fast(a, b, out)
+    assert got is not None
+    if with_out:
+        assert got is out
+    assert got.dtype == dtype and got.shape == (a.shape[0], n) and got.flags.c_contiguous and got.flags.writeable
+    if not with_out:
+        assert got.ctypes.data % 64 == 0  # whole cache lines, as empty_aligned gives the general path
+    want = np.empty_like(got)
+    core.cosine_matrix(a, b, want)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_cosine_matrix_fast_results_outlive_the_call():
+    core = fastsim._backend.core()
+    a, b = _plain(np.float64, m=300, n=400, d=33)
+    results = [core.cosine_matrix_fast(a, b, None) for _ in range(3)]
+    import gc
+
+    gc.collect()
+    for r in results:
+        np.testing.assert_array_equal(r, results[0])
+    assert results[0].base is not None  # the memory's owner travels with the array
+
+
+def _declined_cases():
+    a, b = _plain(np.float32)
+    m, n = a.shape[0], b.shape[0]
+    out = np.empty((m, n), np.float32)
+    readonly = out.copy()
+    readonly.flags.writeable = False
+    joint = np.empty(m * a.shape[1] + m * n, np.float32)
+    a_in_joint = joint[: m * a.shape[1]].reshape(a.shape)
+    a_in_joint[...] = a
+    return {
+        "a is a list": (a.tolist(), b, out),
+        "a is a subclass": (a.view(_Subclass), b, out),
+        "b is a subclass": (a, b.view(_Subclass), out),
+        "out is a subclass": (a, b, out.view(_Subclass)),
+        "a is not contiguous": (np.asfortranarray(a), b, out),
+        "b is not contiguous": (a, b[::2], np.empty((m, (n + 1) // 2), np.float32)),
+        "mixed dtypes": (a, b.astype(np.float64), np.empty((m, n), np.float64)),
+        "integer a": (a.astype(np.int32), b, out),
+        "big-endian a": (a.astype(">f4"), b.astype(">f4"), out),
+        "float16 a": (a.astype(np.float16), b.astype(np.float16), out),
+        "3-D a": (a[None], b, out),
+        "no rows": (a[:0], b, np.empty((0, n), np.float32)),
+        "no columns": (a[:, :0], b[:, :0], out),
+        "columns differ": (a, b[:, :-1].copy(), out),
+        "out of the wrong shape": (a, b, np.empty((m, n + 1), np.float32)),
+        "out of another dtype": (a, b, np.empty((m, n), np.float64)),
+        "out not contiguous": (a, b, np.empty((n, m), np.float32).T),
+        "out read-only": (a, b, readonly),
+        "out overlaps a": (a_in_joint, b, joint[m * a.shape[1] - 1 : -1].reshape(m, n)),
+        "out is a": (np.ones((m, m), np.float32), None, None),
+        "unaligned a": (_unaligned(a.shape, np.float32), b, out),
+        "unaligned out": (a, b, _unaligned((m, n), np.float32)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_declined_cases()))
+def test_cosine_matrix_fast_leaves_every_unusual_call_to_the_general_path(case):
+    a, b, out = _declined_cases()[case]
+    if case == "out is a":
+        out = a
+    assert fastsim._backend.core().cosine_matrix_fast(a, b, out) is None
+
+
+class _WithoutFastPath:
+    """The compiled module with cosine_matrix_fast declining every call."""
+
+    def __init__(self, core):
+        self._core = core
+
+    def __getattr__(self, name):
+        return getattr(self._core, name)
+
+    @staticmethod
+    def cosine_matrix_fast(a, b, out):
+        return None
+
+
+def _outcome(a, b, out):
+    try:
+        return fastsim.cosine_similarity_matrix(a, b, out=out, backend="cpp"), None
+    except (TypeError, ValueError) as exc:
+        return None, (type(exc), str(exc))
+
+
+@pytest.mark.parametrize("case", list(_declined_cases()))
+def test_cosine_similarity_matrix_answers_unusual_calls_as_the_general_path_does(case, monkeypatch):
+    a, b, out = _declined_cases()[case]
+    if case == "out is a":
+        out = a
+    got, err = _outcome(a, b, out)
+    a, b, out = _declined_cases()[case]
+    if case == "out is a":
+        out = a
+    monkeypatch.setattr(fastsim._backend, "_core", _WithoutFastPath(fastsim._backend._core))
+    want, want_err = _outcome(a, b, out)
+    assert err == want_err
+    if err is None:
+        assert type(got) is type(want)
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (64, 64, 128), (70, 33, 17), (300, 5, 1000)])
+def test_cosine_similarity_matrix_takes_the_fast_path_for_plain_arrays(dtype, shape, monkeypatch):
+    m, n, d = shape
+    a, b = _plain(dtype, m, n, d)
+    calls = []
+    core = fastsim._backend._core
+
+    class Spy(_WithoutFastPath):
+        @staticmethod
+        def cosine_matrix_fast(a, b, out):
+            result = core.cosine_matrix_fast(a, b, out)
+            calls.append(result is not None)
+            return result
+
+    monkeypatch.setattr(fastsim._backend, "_core", Spy(core))
+    got = fastsim.cosine_similarity_matrix(a, b)
+    got_out = fastsim.cosine_similarity_matrix(a, b, out=np.empty((m, n), dtype), backend="cpp")
+    assert calls == [True, True]
+    want = fastsim.cosine_similarity_matrix(a.astype(np.float64), b.astype(np.float64), backend="numpy")
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+    np.testing.assert_array_equal(got, got_out)

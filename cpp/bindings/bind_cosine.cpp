@@ -53,6 +53,83 @@ void gemm_nt_t(py::array& a, py::array& b, py::array& out) {
   fn(pa, pb, m, n, k, po);
 }
 
+// The whole of cosine_similarity_matrix for the common call, with every check
+// the Python layer makes done here at C speed: `a` (and `b`) exact ndarrays
+// of one dtype, float32 or float64, 2-D, C-contiguous, aligned, non-empty,
+// with the same number of columns; `out` None or an exact ndarray of shape
+// (m, n) and that dtype, C-contiguous, aligned, writeable, sharing no byte
+// with the inputs.  Anything else returns None and the caller takes the
+// general path, which converts, validates and raises the documented errors;
+// so this adds no behaviour, it only removes ~4 us of Python per call (a
+// third of a 64 x 64 x 128 call).
+bool is_plain_array(const py::handle& h) {
+  static PyTypeObject* const ndarray = reinterpret_cast<PyTypeObject*>(
+      py::object(py::module_::import("numpy").attr("ndarray")).release().ptr());
+  return Py_TYPE(h.ptr()) == ndarray;
+}
+
+bool plain_2d(const py::array& a) {
+  constexpr int need = py::array::c_style | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+  return a.ndim() == 2 && (a.flags() & need) == need && a.shape(0) > 0 && a.shape(1) > 0;
+}
+
+bool bytes_overlap(const py::array& x, const py::array& y) {
+  const auto* x0 = static_cast<const char*>(x.data());
+  const auto* y0 = static_cast<const char*>(y.data());
+  return x0 < y0 + y.nbytes() && y0 < x0 + x.nbytes();
+}
+
+template <class T>
+py::array aligned_matrix(index_t m, index_t n) {
+  void* p = nullptr;
+  const std::size_t bytes = ((static_cast<std::size_t>(m) * static_cast<std::size_t>(n) * sizeof(T) + 63) / 64) * 64;
+  if (posix_memalign(&p, 64, bytes) != 0) throw std::bad_alloc();
+  py::capsule owner(p, [](void* q) { std::free(q); });
+  return py::array_t<T>({m, n}, static_cast<const T*>(p), owner);
+}
+
+template <class T>
+py::object cosine_matrix_fast_t(const py::array& a, const py::object& b_obj, const py::object& out_obj) {
+  const bool self = b_obj.is_none();
+  py::array b = self ? a : py::reinterpret_borrow<py::array>(b_obj);
+  const index_t m = a.shape(0), k = a.shape(1), n = b.shape(0);
+  if (!self && (!plain_2d(b) || b.shape(1) != k || !a.dtype().is(b.dtype()))) return py::none();
+  py::array out;
+  if (out_obj.is_none()) {
+    out = aligned_matrix<T>(m, n);
+  } else {
+    if (!is_plain_array(out_obj)) return py::none();
+    out = py::reinterpret_borrow<py::array>(out_obj);
+    if (out.ndim() != 2 || out.shape(0) != m || out.shape(1) != n || !out.dtype().is(a.dtype()) ||
+        !(out.flags() & py::array::c_style) || !(out.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) ||
+        !out.writeable() || bytes_overlap(out, a) || (!self && bytes_overlap(out, b)))
+      return py::none();
+  }
+  const T* pa = cptr<T>(a);
+  const T* pb = cptr<T>(b);
+  T* po = mptr<T>(out);
+  auto fn = typed_kernels<T>().cosine_matrix;
+  {
+    py::gil_scoped_release release;  // a, b and out are held by this frame
+    fn(pa, m, pb, n, k, po, self);
+  }
+  return std::move(out);
+}
+
+py::object cosine_matrix_fast(const py::object& a_obj, const py::object& b_obj, const py::object& out_obj) {
+  if (!is_plain_array(a_obj) || !(b_obj.is_none() || is_plain_array(b_obj))) return py::none();
+  const auto a = py::reinterpret_borrow<py::array>(a_obj);
+  if (!plain_2d(a)) return py::none();
+  // dtype identity: NumPy hands out one descriptor object per builtin type.
+  // Kept for the life of the process (no destructor runs after the interpreter).
+  static PyObject* const f32 = py::dtype::of<float>().release().ptr();
+  static PyObject* const f64 = py::dtype::of<double>().release().ptr();
+  const py::dtype dt = a.dtype();
+  if (dt.ptr() == f32) return cosine_matrix_fast_t<float>(a, b_obj, out_obj);
+  if (dt.ptr() == f64) return cosine_matrix_fast_t<double>(a, b_obj, out_obj);
+  return py::none();
+}
+
 void check_two_d(py::array& a, const char* name) {
   require_ndim(a, 2, name);
   require_c_contiguous(a, name);
@@ -80,6 +157,10 @@ void bind_cosine(py::module_& m) {
           cosine_matrix_t<double>(a, b, out);
       },
       py::arg("a"), py::arg("b").none(true), py::arg("out"));
+  m.def("cosine_matrix_fast", &cosine_matrix_fast, py::arg("a"), py::arg("b").none(true),
+        py::arg("out").none(true),
+        "cosine_similarity_matrix for plain float32/float64 C-contiguous arrays, checked here; None when "
+        "the call needs the general path (conversion, validation, errors).");
   m.def(
       "cosine_rows",
       [](py::array a, py::array b, py::array out) {

@@ -98,6 +98,13 @@ def cosine_similarity_matrix(a, b=None, /, *, out=None, backend: str = "auto") -
     inverse norms and the clamp while each tile is still in registers; the
     normalized copies of the inputs are never formed.
     """
+    core = _backend._core
+    if core is not None and (backend == "cpp" or backend == "auto"):
+        # Plain float arrays: checked and computed in one compiled call (None:
+        # take the general path below, which converts and validates).
+        result = core.cosine_matrix_fast(a, b, out)
+        if result is not None:
+            return result
     a = as_float_array(a, "a", ndim=2)
     if b is not None:
         b = as_float_array(b, "b", ndim=2)

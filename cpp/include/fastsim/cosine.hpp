@@ -80,15 +80,22 @@ bool inverse_row_norms(const T* a, index_t lda, index_t m, index_t k, T* inv) {
 #endif
   for (index_t blk = 0; blk < n_blocks; ++blk) {
     const index_t i0 = blk * kBlock, i1 = std::min(m, i0 + kBlock);
-    T s[kBlock];
-    for (index_t i = i0; i < i1; ++i) s[i - i0] = dot<T>(a + i * lda, a + i * lda, k);
-    bool all_in_range = true;
-    for (index_t i = i0; i < i1; ++i) {
-      const T v = s[i - i0];
-      inv[i] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(v)));
-      all_in_range &= (v >= SafeRange<T>::min) & (v <= SafeRange<T>::max);
+    const int count = static_cast<int>(i1 - i0);
+    alignas(64) T s[kBlock];
+    alignas(64) T t[kBlock];
+    for (int i = 0; i < count; ++i) s[i] = dot<T>(a + (i0 + i) * lda, a + (i0 + i) * lda, k);
+    for (int i = count; i < kBlock; ++i) s[i] = T(1);  // full-width loop below, padding in range
+    // Fixed trip count and an int flag so that GCC vectorizes the loop (with a
+    // bool flag and a variable count it emitted a scalar sqrt and compare per row).
+    int in_range = 1;
+#pragma GCC unroll 1
+    for (int i = 0; i < kBlock; ++i) {
+      const T v = s[i];
+      t[i] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(v)));
+      in_range &= static_cast<int>(v >= SafeRange<T>::min) & static_cast<int>(v <= SafeRange<T>::max);
     }
-    if (all_in_range) continue;
+    std::copy(t, t + count, inv + i0);
+    if (in_range) continue;
     for (index_t i = i0; i < i1; ++i) {
       inv[i] = classify_row(a + i * lda, k, s[i - i0]);
       flagged |= inv[i] < T(0);
