@@ -125,12 +125,16 @@ SHAPES = [  # (m, n, d, k)
 
 def _tiled_params():
     marks = [] if "numba" in fastsim.available_backends() else [pytest.mark.skip(reason="numba backend not available here")]
-    return [*BACKENDS, pytest.param("numba-small-tiles", marks=marks, id="numba-small-tiles")]
+    return [*BACKENDS, pytest.param("numba-small-tiles", marks=marks, id="numba-small-tiles"), "numpy-small-blocks"]
 
 
 @pytest.fixture(params=_tiled_params())
 def tiled_backend(request, monkeypatch):
-    """Every backend, plus the numba kernel with tiny tiles (many tiles, ragged edges, several query blocks)."""
+    """Every backend, plus the numba kernel with tiny tiles (many tiles, ragged edges, several query blocks)
+    and the NumPy backend on blocks of one or a few query rows."""
+    if request.param == "numpy-small-blocks":
+        monkeypatch.setattr(topk_mod, "_NUMPY_BLOCK_SCORES", 700)
+        return "numpy"
     if request.param == "numba-small-tiles":
         mod = importlib.import_module("fastsim._numba.topk")
         monkeypatch.setattr(mod, "CORPUS_TILE", 300)

@@ -12,7 +12,8 @@ Ordering rules, which every backend reproduces exactly on the scores it computes
 * ``exclude_self`` drops the pair ``j == i`` (queries and corpus are the same rows).
 
 This reference forms the full (m, n) matrix: it is the specification, not the
-fast path.
+fast path.  The NumPy backend (:mod:`fastsim.topk`) calls it on blocks of
+query rows, with ``first_row`` locating each block for ``exclude_self``.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import numpy as np
 from .cosine import cosine_similarity_matrix
 
 
-def top_k(queries: np.ndarray, corpus: np.ndarray, k: int, exclude_self: bool = False):
+def top_k(queries: np.ndarray, corpus: np.ndarray, k: int, exclude_self: bool = False, first_row: int = 0):
     """Return ``(scores, indices)`` of shape (m, k') with ``k' = min(k, number of candidates)``.
 
     The number of candidates per row is ``n``, or ``n - 1`` with ``exclude_self``.
+    ``first_row`` is the corpus index of ``queries[0]`` for ``exclude_self``
+    when ``queries`` is a block of rows of a larger query set.
     """
     m, n = queries.shape[0], corpus.shape[0]
     kk = max(0, min(k, n - 1 if exclude_self else n))
@@ -34,7 +37,7 @@ def top_k(queries: np.ndarray, corpus: np.ndarray, k: int, exclude_self: bool = 
     # sort keys, last one primary: excluded pairs last, then descending score
     # with NaN after every number, then ascending index
     descending = np.where(np.isnan(s), np.inf, -s)
-    excluded = (j == np.arange(m)[:, None]) if exclude_self else np.zeros((m, n), dtype=bool)
+    excluded = (j == first_row + np.arange(m)[:, None]) if exclude_self else np.zeros((m, n), dtype=bool)
     order = np.lexsort((j, descending, excluded), axis=1)[:, :kk]
     scores = np.take_along_axis(s, order, axis=1)
     return scores, order.astype(np.int64)
