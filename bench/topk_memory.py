@@ -13,17 +13,13 @@ the peak RSS counter (ru_maxrss) only ever grows.
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import numpy as np
 
 import fastsim
+from fastsim._bench.common import peak_rss_bytes
 from fastsim._bench.pipeline import numpy_full_topk
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
 def main() -> None:

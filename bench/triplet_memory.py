@@ -11,17 +11,13 @@ counter (ru_maxrss) only ever grows.
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import numpy as np
 
 import fastsim
+from fastsim._bench.common import peak_rss_bytes
 from fastsim.triplet import value_and_grad
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
 def main() -> None:

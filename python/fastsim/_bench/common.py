@@ -55,6 +55,13 @@ class Case:
     notes: dict = field(default_factory=dict)
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set so far (``ru_maxrss``; it only ever grows)."""
+    import resource  # POSIX only; the memory scripts in bench/ are the callers
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
 def max_abs_error(result, reference) -> float:
     if isinstance(result, tuple):
         return max(max_abs_error(r, e) for r, e in zip(result, reference))
