@@ -375,3 +375,16 @@ def test_cosine_similarity_matrix_takes_the_fast_path_for_plain_arrays(dtype, sh
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(got, want, rtol=0, atol=tol)
     np.testing.assert_array_equal(got, got_out)
+
+
+@pytest.mark.parametrize("backend", [np.array(["cpp", "cpp"]), ["cpp"], 1, None])
+def test_cosine_similarity_matrix_fast_path_leaves_a_bad_backend_to_the_checks(backend):
+    a, b = _plain(np.float32)
+    with pytest.raises(TypeError, match="backend must be a str"):
+        fastsim.cosine_similarity_matrix(a, b, backend=backend)
+
+
+def test_cosine_similarity_matrix_fast_path_accepts_str_subclasses_through_the_general_path():
+    a, b = _plain(np.float32)
+    got = fastsim.cosine_similarity_matrix(a, b, backend=np.str_("cpp"))
+    np.testing.assert_array_equal(got, fastsim.cosine_similarity_matrix(a, b, backend="cpp"))

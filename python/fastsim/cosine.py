@@ -99,7 +99,7 @@ def cosine_similarity_matrix(a, b=None, /, *, out=None, backend: str = "auto") -
     normalized copies of the inputs are never formed.
     """
     core = _backend._core
-    if core is not None and (backend == "cpp" or backend == "auto"):
+    if core is not None and type(backend) is str and (backend == "cpp" or backend == "auto"):
         # Plain float arrays: checked and computed in one compiled call (None:
         # take the general path below, which converts and validates).
         result = core.cosine_matrix_fast(a, b, out)
