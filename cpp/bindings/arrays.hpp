@@ -6,6 +6,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -42,13 +43,23 @@ inline void require_same_dtype(const py::array& a, DType t, const char* name) {
   if (dtype_of(a, name) != t) throw py::type_error(std::string(name) + " must have the same dtype as the inputs");
 }
 
+// Element pointers, refused when misaligned (a view at an odd byte offset of
+// a byte buffer): the kernels' scalar loads and stores of such elements are
+// undefined behaviour.  The Python layer hands over aligned copies.
+inline void require_aligned(const void* p, std::size_t align) {
+  if (reinterpret_cast<std::uintptr_t>(p) % align != 0)
+    throw std::invalid_argument("array data must be aligned to its element size (pass a copy)");
+}
+
 template <class T>
 inline const T* cptr(const py::array& a) {
+  require_aligned(a.data(), alignof(T));
   return static_cast<const T*>(a.data());
 }
 
 template <class T>
 inline T* mptr(py::array& a) {
+  require_aligned(a.data(), alignof(T));
   return static_cast<T*>(a.mutable_data());
 }
 

@@ -157,8 +157,14 @@ def result_dtype(*arrays: np.ndarray) -> np.dtype:
 
 
 def contiguous(a: np.ndarray, dtype) -> np.ndarray:
-    """C-contiguous copy of ``a`` in ``dtype`` only when needed."""
-    return np.ascontiguousarray(a, dtype=dtype)
+    """``a`` as a C-contiguous, aligned array of ``dtype``, copied only when needed.
+
+    Aligned: a view into a byte buffer at an odd offset is contiguous but its
+    elements straddle their natural boundaries, which the compiled kernels'
+    scalar loads must not see.
+    """
+    out = np.ascontiguousarray(a, dtype=dtype)
+    return out if out.flags.aligned else out.copy()
 
 
 def check_out(out, shape: tuple[int, ...], dtype, *, name: str = "out", inputs: dict | None = None) -> np.ndarray:
@@ -244,7 +250,7 @@ def check_lengths(lengths, batch: int, max_len: int, *, name: str = "lengths") -
     if arr.size and (arr.min() < 1 or arr.max() > max_len):
         msg = f"{name} must lie within 1..{max_len} (the sequence axis); got values in {int(arr.min())}..{int(arr.max())}"
         raise ValueError(msg)
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return contiguous(arr, np.int64)
 
 
 def empty_aligned(shape, dtype, align: int = 64, *, small: int = 1 << 16) -> np.ndarray:

@@ -38,6 +38,12 @@ def cosine_similarity(u, v, /, *, backend: str = "auto"):
     return out[0]
 
 
+def _kernel_out(out: np.ndarray) -> np.ndarray:
+    """``out``, or an aligned array to compute in when ``out``'s elements are misaligned
+    (a view at an odd byte offset); the caller then copies the result over."""
+    return out if out.flags.aligned else empty_aligned(out.shape, out.dtype)
+
+
 def cosine_similarity_rows(a, b, /, *, out=None, backend: str = "auto") -> np.ndarray:
     """Cosine similarity of row i of ``a`` with row i of ``b``.
 
@@ -65,10 +71,14 @@ def cosine_similarity_rows(a, b, /, *, out=None, backend: str = "auto") -> np.nd
     be = _backend.resolve(backend)
     if be == "numpy":
         out[...] = _ref.cosine_similarity_rows(a.astype(dt, copy=False), b.astype(dt, copy=False))
-    elif be == "cpp":
-        _backend.core().cosine_rows(contiguous(a, dt), contiguous(b, dt), out)
+        return out
+    target = _kernel_out(out)
+    if be == "cpp":
+        _backend.core().cosine_rows(contiguous(a, dt), contiguous(b, dt), target)
     else:
-        _backend.numba_module("cosine").cosine_rows(contiguous(a, dt), contiguous(b, dt), out)
+        _backend.numba_module("cosine").cosine_rows(contiguous(a, dt), contiguous(b, dt), target)
+    if target is not out:
+        out[...] = target
     return out
 
 
@@ -122,8 +132,11 @@ def cosine_similarity_matrix(a, b=None, /, *, out=None, backend: str = "auto") -
         return out
     ac = contiguous(a, dt)
     bc = None if b is None else contiguous(b, dt)
+    target = _kernel_out(out)
     if be == "cpp":
-        _backend.core().cosine_matrix(ac, bc, out)
+        _backend.core().cosine_matrix(ac, bc, target)
     else:
-        _backend.numba_module("cosine").cosine_matrix(ac, bc, out)
+        _backend.numba_module("cosine").cosine_matrix(ac, bc, target)
+    if target is not out:
+        out[...] = target
     return out

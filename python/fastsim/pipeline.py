@@ -25,7 +25,7 @@ import numpy as np
 from . import _backend
 from ._reference.cosine import unit_rows
 from ._validation import (as_float_array, as_int_array, check_choice, check_finite_scalar, check_lengths,
-                          check_positive_int, check_same_shape, check_shape)
+                          check_positive_int, check_same_shape, check_shape, contiguous)
 from .cosine import cosine_similarity_rows
 
 __all__ = ["PAD_ID", "UNK_ID", "SiameseEncoder", "Vocabulary", "accuracy", "is_duplicate", "similarity"]
@@ -638,12 +638,12 @@ class SiameseEncoder:
           its (B, T, F) outputs are never stored.
         """
         B, T_run = ids.shape
-        lens = np.full(B, T_run, dtype=np.int64) if run_lengths is None else np.ascontiguousarray(run_lengths, np.int64)
+        lens = np.full(B, T_run, dtype=np.int64) if run_lengths is None else contiguous(run_lengths, np.int64)
         until = None
         if self.pooling == "mean":
             until = lens  # outputs past a length are 0: summing the valid steps is the sum over all T
         elif self.pooling == "masked_mean":
-            until = np.ascontiguousarray(L, dtype=np.int64)
+            until = contiguous(L, np.int64)
         self._tokens_encoded += ids.size
         use_table = self._tokens_encoded >= self._embedding.shape[0] and self._table_bytes() <= _TABLE_BYTES
         last = len(self._layers) - 1
@@ -651,7 +651,7 @@ class SiameseEncoder:
         for k, layer in enumerate(self._layers):
             pool_until = until if k == last else None
             if k == 0 and use_table:
-                ids64 = np.ascontiguousarray(ids, dtype=np.int64)
+                ids64 = contiguous(ids, np.int64)
                 x, _ = layer._run_compiled(None, lens, pool_until, ids=ids64, embedding=self._embedding)
             else:
                 x, _ = layer._run_compiled(self._embedding[ids] if k == 0 else x, lens, pool_until)

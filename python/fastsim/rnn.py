@@ -267,8 +267,8 @@ def _forward_cpp(kind, x, batch_first, cells, initial, lengths, *, relu=False, i
 
 
 def _kernel_array(a, dt):
-    """C-contiguous and writeable: kernels are compiled for exactly that kind of array."""
-    return np.require(a, dtype=dt, requirements=["C", "W"])
+    """C-contiguous, aligned and writeable: kernels are compiled for exactly that kind of array."""
+    return np.require(a, dtype=dt, requirements=["C", "A", "W"])
 
 
 def _to_time_major(x, batch_first, dt):

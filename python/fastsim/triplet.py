@@ -137,7 +137,7 @@ def _forward(be: str, v1: np.ndarray, v2: np.ndarray, empty_code: int):
 
 def _backward(be: str, v1, v2, closest_index, active1, active2, weight):
     if be == "cpp":
-        w = float(weight) if np.ndim(weight) == 0 else np.ascontiguousarray(weight, dtype=np.float64)
+        w = float(weight) if np.ndim(weight) == 0 else contiguous(weight, np.float64)
         return _backend.core().triplet_backward(v1, v2, closest_index, active1, active2, w)
     if be == "numpy":
         return _ref.triplet_backward(v1, v2, closest_index, active1, active2, weight)
