@@ -6,8 +6,8 @@ One place for the rules, so every function answers bad input the same way:
   complex, object and other dtypes raise ``TypeError`` naming the argument.
 * wrong ``ndim`` or inconsistent shapes raise ``ValueError`` naming the argument
   and what was expected.
-* non-contiguous and negative-stride arrays are accepted; kernels that need
-  C-contiguous memory get a copy through :func:`contiguous`.
+* non-contiguous, negative-stride and misaligned arrays are accepted; kernels
+  get a C-contiguous, aligned copy through :func:`contiguous` when needed.
 * integer arrays (sequence lengths, token ids) must have an integer dtype
   (``TypeError`` otherwise) and lie in their range (``ValueError``).
 * scalars: options must be one of their choices, counts ints within range,
