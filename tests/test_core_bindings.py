@@ -160,6 +160,10 @@ def _valid_call(draw, name):
         return core.cosine_matrix, [arr(m, d), arr(n, d), np.empty((m, n), dt)]
     if name == "cosine_matrix_fast":
         return core.cosine_matrix_fast, [arr(m, d), arr(n, d), np.empty((m, n), dt)]
+    if name == "cosine_rows_fast":
+        return core.cosine_rows_fast, [arr(m, d), arr(m, d), np.empty(m, dt)]
+    if name == "cosine_pair_fast":
+        return core.cosine_pair_fast, [arr(d), arr(d)]
     if name == "cosine_rows":
         return core.cosine_rows, [arr(m, d), arr(m, d), np.empty(m, dt)]
     if name == "gemm_nt":
@@ -197,7 +201,7 @@ def _valid_call(draw, name):
     return layer.run, args
 
 
-_BINDINGS = ["cosine_matrix", "cosine_matrix_fast", "cosine_rows", "gemm_nt", "triplet_forward", "triplet_backward", "top_k",
+_BINDINGS = ["cosine_matrix", "cosine_matrix_fast", "cosine_rows_fast", "cosine_pair_fast", "cosine_rows", "gemm_nt", "triplet_forward", "triplet_backward", "top_k",
              "vec_math", "RnnLayer", "RnnLayer.run"]
 
 
@@ -327,6 +331,14 @@ class _WithoutFastPath:
     def cosine_matrix_fast(a, b, out):
         return None
 
+    @staticmethod
+    def cosine_rows_fast(a, b, out):
+        return None
+
+    @staticmethod
+    def cosine_pair_fast(u, v):
+        return None
+
 
 def _outcome(a, b, out):
     try:
@@ -388,3 +400,111 @@ def test_cosine_similarity_matrix_fast_path_accepts_str_subclasses_through_the_g
     a, b = _plain(np.float32)
     got = fastsim.cosine_similarity_matrix(a, b, backend=np.str_("cpp"))
     np.testing.assert_array_equal(got, fastsim.cosine_similarity_matrix(a, b, backend="cpp"))
+
+
+# --------------------------------------------------------------------------- cosine_rows_fast, cosine_pair_fast
+
+
+def _declined_rows_and_pairs():
+    a, b = _plain(np.float32, m=6, n=6)
+    out = np.empty(6, np.float32)
+    readonly = out.copy()
+    readonly.flags.writeable = False
+    u, v = a[0].copy(), b[0].copy()
+    joint = np.zeros(a.size + 1, np.float32)
+    a_in_joint = joint[: a.size].reshape(a.shape)
+    a_in_joint[...] = a
+    return {
+        "rows: out overlaps a": ("rows", a_in_joint, b, joint[a.size - 5 :]),
+        "rows: a is a list": ("rows", a.tolist(), b, out),
+        "rows: b is a subclass": ("rows", a, b.view(_Subclass), out),
+        "rows: a not contiguous": ("rows", np.asfortranarray(a), b, out),
+        "rows: shapes differ": ("rows", a, b[:5], out),
+        "rows: mixed dtypes": ("rows", a, b.astype(np.float64), np.empty(6, np.float64)),
+        "rows: integer a": ("rows", a.astype(np.int64), b, out),
+        "rows: no columns": ("rows", a[:, :0], b[:, :0], out),
+        "rows: out of the wrong length": ("rows", a, b, np.empty(7, np.float32)),
+        "rows: out of another dtype": ("rows", a, b, np.empty(6, np.float64)),
+        "rows: out read-only": ("rows", a, b, readonly),
+        "rows: out 2-D": ("rows", a, b, np.empty((6, 1), np.float32)),
+        "rows: unaligned a": ("rows", _unaligned(a.shape, np.float32), b, out),
+        "rows: unaligned out": ("rows", a, b, _unaligned((6,), np.float32)),
+        "pair: u is a list": ("pair", u.tolist(), v, None),
+        "pair: u is a subclass": ("pair", u.view(_Subclass), v, None),
+        "pair: u strided": ("pair", a[:, 0], b[:, 0], None),
+        "pair: lengths differ": ("pair", u, v[:-1], None),
+        "pair: mixed dtypes": ("pair", u, v.astype(np.float64), None),
+        "pair: float16": ("pair", u.astype(np.float16), v.astype(np.float16), None),
+        "pair: big-endian": ("pair", u.astype(">f4"), v.astype(">f4"), None),
+        "pair: empty": ("pair", u[:0], v[:0], None),
+        "pair: 2-D": ("pair", u[None], v[None], None),
+        "pair: unaligned u": ("pair", _unaligned(u.shape, np.float32), v, None),
+    }
+
+
+def _call_fast(kind, x, y, out):
+    core = fastsim._backend.core()
+    return core.cosine_rows_fast(x, y, out) if kind == "rows" else core.cosine_pair_fast(x, y)
+
+
+def _public(kind, x, y, out):
+    try:
+        if kind == "rows":
+            return fastsim.cosine_similarity_rows(x, y, out=out, backend="cpp"), None
+        return fastsim.cosine_similarity(x, y, backend="cpp"), None
+    except (TypeError, ValueError) as exc:
+        return None, (type(exc), str(exc))
+
+
+@pytest.mark.parametrize("case", list(_declined_rows_and_pairs()))
+def test_rows_and_pair_fast_paths_leave_every_unusual_call_to_the_general_path(case):
+    assert _call_fast(*_declined_rows_and_pairs()[case]) is None
+
+
+@pytest.mark.parametrize("case", list(_declined_rows_and_pairs()))
+def test_rows_and_pair_answer_unusual_calls_as_the_general_path_does(case, monkeypatch):
+    got, err = _public(*_declined_rows_and_pairs()[case])
+    monkeypatch.setattr(fastsim._backend, "_core", _WithoutFastPath(fastsim._backend._core))
+    want, want_err = _public(*_declined_rows_and_pairs()[case])
+    assert err == want_err
+    if err is None:
+        assert type(got) is type(want)
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("n", "d"), [(1, 1), (5, 3), (64, 300), (3, 70000)])
+def test_rows_and_pair_take_the_fast_path_and_agree_with_the_general_path(dtype, n, d, monkeypatch):
+    a, b = _plain(dtype, m=n, n=n, d=d)
+    a[0, 0] = 0.0
+    if n > 1:
+        a[1] = 0.0  # a zero row scores 0
+    core = fastsim._backend._core
+    calls = []
+
+    class Spy(_WithoutFastPath):
+        @staticmethod
+        def cosine_rows_fast(x, y, out):
+            result = core.cosine_rows_fast(x, y, out)
+            calls.append(result is not None)
+            return result
+
+        @staticmethod
+        def cosine_pair_fast(u, v):
+            result = core.cosine_pair_fast(u, v)
+            calls.append(result is not None)
+            return result
+
+    monkeypatch.setattr(fastsim._backend, "_core", Spy(core))
+    rows = fastsim.cosine_similarity_rows(a, b)
+    out = np.full(n, 5.0, dtype)
+    rows_out = fastsim.cosine_similarity_rows(a, b, out=out, backend="cpp")
+    pair = fastsim.cosine_similarity(a[-1], b[-1])
+    assert calls == [True, True, True]
+    assert rows_out is out and rows.dtype == dtype and type(pair) is np.dtype(dtype).type
+    monkeypatch.setattr(fastsim._backend, "_core", _WithoutFastPath(core))
+    np.testing.assert_array_equal(rows, fastsim.cosine_similarity_rows(a, b, backend="cpp"))
+    np.testing.assert_array_equal(out, rows)
+    assert pair == fastsim.cosine_similarity(a[-1], b[-1], backend="cpp")
+    want = fastsim.cosine_similarity_rows(a.astype(np.float64), b.astype(np.float64), backend="numpy")
+    np.testing.assert_allclose(rows, want, rtol=0, atol=1e-5 if dtype == np.float32 else 1e-12)

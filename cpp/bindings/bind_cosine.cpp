@@ -116,18 +116,106 @@ py::object cosine_matrix_fast_t(const py::array& a, const py::object& b_obj, con
   return std::move(out);
 }
 
+// 4 for float32, 8 for float64, 0 for any other dtype (byte-swapped ones
+// included): dtype identity, NumPy hands out one descriptor per builtin type.
+// The descriptors are kept for the life of the process (no destructor may run
+// after the interpreter).
+int plain_float_size(const py::array& a) {
+  static PyObject* const f32 = py::dtype::of<float>().release().ptr();
+  static PyObject* const f64 = py::dtype::of<double>().release().ptr();
+  const py::dtype dt = a.dtype();
+  return dt.ptr() == f32 ? 4 : (dt.ptr() == f64 ? 8 : 0);
+}
+
 py::object cosine_matrix_fast(const py::object& a_obj, const py::object& b_obj, const py::object& out_obj) {
   if (!is_plain_array(a_obj) || !(b_obj.is_none() || is_plain_array(b_obj))) return py::none();
   const auto a = py::reinterpret_borrow<py::array>(a_obj);
   if (!plain_2d(a)) return py::none();
-  // dtype identity: NumPy hands out one descriptor object per builtin type.
-  // Kept for the life of the process (no destructor runs after the interpreter).
-  static PyObject* const f32 = py::dtype::of<float>().release().ptr();
-  static PyObject* const f64 = py::dtype::of<double>().release().ptr();
-  const py::dtype dt = a.dtype();
-  if (dt.ptr() == f32) return cosine_matrix_fast_t<float>(a, b_obj, out_obj);
-  if (dt.ptr() == f64) return cosine_matrix_fast_t<double>(a, b_obj, out_obj);
-  return py::none();
+  switch (plain_float_size(a)) {
+    case 4: return cosine_matrix_fast_t<float>(a, b_obj, out_obj);
+    case 8: return cosine_matrix_fast_t<double>(a, b_obj, out_obj);
+    default: return py::none();
+  }
+}
+
+// The same for cosine_similarity_rows: a and b plain 2-D arrays of one shape
+// and dtype; out None (a fresh array, as np.empty gives the general path) or
+// a plain writeable 1-D array of n entries of that dtype sharing no byte with
+// the inputs.
+template <class T>
+py::object cosine_rows_fast_t(const py::array& a, const py::array& b, const py::object& out_obj) {
+  const index_t n = a.shape(0), k = a.shape(1);
+  py::array out;
+  if (out_obj.is_none()) {
+    out = py::array_t<T>(n);
+  } else {
+    if (!is_plain_array(out_obj)) return py::none();
+    out = py::reinterpret_borrow<py::array>(out_obj);
+    constexpr int need = py::array::c_style | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+    if (out.ndim() != 1 || out.shape(0) != n || !out.dtype().is(a.dtype()) || (out.flags() & need) != need ||
+        !out.writeable() || bytes_overlap(out, a) || bytes_overlap(out, b))
+      return py::none();
+  }
+  const T* pa = cptr<T>(a);
+  const T* pb = cptr<T>(b);
+  T* po = mptr<T>(out);
+  auto fn = typed_kernels<T>().cosine_rows;
+  {
+    py::gil_scoped_release release;  // a, b and out are held by this frame
+    fn(pa, pb, n, k, po);
+  }
+  return std::move(out);
+}
+
+py::object cosine_rows_fast(const py::object& a_obj, const py::object& b_obj, const py::object& out_obj) {
+  if (!is_plain_array(a_obj) || !is_plain_array(b_obj)) return py::none();
+  const auto a = py::reinterpret_borrow<py::array>(a_obj);
+  const auto b = py::reinterpret_borrow<py::array>(b_obj);
+  if (!plain_2d(a) || !plain_2d(b) || a.shape(0) != b.shape(0) || a.shape(1) != b.shape(1) ||
+      !a.dtype().is(b.dtype()))
+    return py::none();
+  switch (plain_float_size(a)) {
+    case 4: return cosine_rows_fast_t<float>(a, b, out_obj);
+    case 8: return cosine_rows_fast_t<double>(a, b, out_obj);
+    default: return py::none();
+  }
+}
+
+// And for cosine_similarity: two plain contiguous, aligned 1-D arrays of one
+// dtype and d >= 1 entries; the result is the NumPy scalar of that dtype.
+// The GIL is kept for short vectors, where releasing it would cost more than
+// the three dot products.
+template <class T>
+py::object cosine_pair_fast_t(const py::array& u, const py::array& v) {
+  static PyObject* const scalar_type =
+      py::object(py::module_::import("numpy").attr(sizeof(T) == 4 ? "float32" : "float64")).release().ptr();
+  const index_t d = u.shape(0);
+  const T* pu = cptr<T>(u);
+  const T* pv = cptr<T>(v);
+  auto fn = typed_kernels<T>().cosine_rows;
+  T r;
+  if (d >= (index_t(1) << 16)) {
+    py::gil_scoped_release release;  // u and v are held by this frame
+    fn(pu, pv, 1, d, &r);
+  } else {
+    fn(pu, pv, 1, d, &r);
+  }
+  return py::reinterpret_borrow<py::object>(scalar_type)(static_cast<double>(r));
+}
+
+py::object cosine_pair_fast(const py::object& u_obj, const py::object& v_obj) {
+  if (!is_plain_array(u_obj) || !is_plain_array(v_obj)) return py::none();
+  const auto u = py::reinterpret_borrow<py::array>(u_obj);
+  const auto v = py::reinterpret_borrow<py::array>(v_obj);
+  constexpr int need = py::array::c_style | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+  if (u.ndim() != 1 || v.ndim() != 1 || u.shape(0) < 1 || u.shape(0) != v.shape(0) ||
+      (u.flags() & need) != need || (v.flags() & need) != need || !u.dtype().is(v.dtype()))
+    return py::none();
+  switch (plain_float_size(u)) {
+    case 4: return cosine_pair_fast_t<float>(u, v);
+    case 8: return cosine_pair_fast_t<double>(u, v);
+    default: return py::none();
+  }
 }
 
 void check_two_d(py::array& a, const char* name) {
@@ -161,6 +249,12 @@ void bind_cosine(py::module_& m) {
         py::arg("out").none(true),
         "cosine_similarity_matrix for plain float32/float64 C-contiguous arrays, checked here; None when "
         "the call needs the general path (conversion, validation, errors).");
+  m.def("cosine_rows_fast", &cosine_rows_fast, py::arg("a"), py::arg("b"), py::arg("out").none(true),
+        "cosine_similarity_rows for plain float32/float64 C-contiguous arrays, checked here; None when the "
+        "call needs the general path.");
+  m.def("cosine_pair_fast", &cosine_pair_fast, py::arg("u"), py::arg("v"),
+        "cosine_similarity for two plain float32/float64 contiguous vectors, checked here (a NumPy scalar); "
+        "None when the call needs the general path.");
   m.def(
       "cosine_rows",
       [](py::array a, py::array b, py::array out) {

@@ -27,6 +27,11 @@ def cosine_similarity(u, v, /, *, backend: str = "auto"):
         ``u.v / (|u| |v|)`` clamped to [-1, 1]; 0 when either vector is zero;
         NaN when either holds NaN or inf.
     """
+    core = _backend._core
+    if core is not None and type(backend) is str and (backend == "cpp" or backend == "auto"):
+        result = core.cosine_pair_fast(u, v)  # None: the general path below
+        if result is not None:
+            return result
     u = as_float_array(u, "u", ndim=1)
     v = as_float_array(v, "v", ndim=1)
     check_same_shape((u, v), ("u", "v"), "two vectors of d entries", noun="length")
@@ -59,6 +64,11 @@ def cosine_similarity_rows(a, b, /, *, out=None, backend: str = "auto") -> np.nd
     ndarray, shape (n,)
         float64 if either input is float64, else float32.
     """
+    core = _backend._core
+    if core is not None and type(backend) is str and (backend == "cpp" or backend == "auto"):
+        result = core.cosine_rows_fast(a, b, out)  # None: the general path below
+        if result is not None:
+            return result
     a = as_float_array(a, "a", ndim=2)
     b = as_float_array(b, "b", ndim=2)
     check_same_shape((a, b), ("a", "b"), "row i of a is compared with row i of b")

@@ -187,6 +187,47 @@ void cosine_matrix(const T* a, index_t m, const T* b, index_t n, index_t k, T* o
 #endif
 }
 
+// x.x, y.y and x.y in one pass over x and y, each accumulated exactly as
+// dot() accumulates it (same chains, same order, same tail), so the results
+// are bit for bit those of three dot() calls at half the loads.
+template <class T>
+inline void dot3(const T* x, const T* y, index_t n, T& xx, T& yy, T& xy) {
+  using V = vec_t<T>;
+  constexpr int L = Simd<T>::lanes;
+  V a0{}, a1{}, a2{}, a3{}, b0{}, b1{}, b2{}, b3{}, c0{}, c1{}, c2{}, c3{};
+  index_t k = 0;
+  for (; k + 4 * L <= n; k += 4 * L) {
+    const V x0 = load<V>(x + k), x1 = load<V>(x + k + L), x2 = load<V>(x + k + 2 * L), x3 = load<V>(x + k + 3 * L);
+    const V y0 = load<V>(y + k), y1 = load<V>(y + k + L), y2 = load<V>(y + k + 2 * L), y3 = load<V>(y + k + 3 * L);
+    a0 += x0 * x0;
+    a1 += x1 * x1;
+    a2 += x2 * x2;
+    a3 += x3 * x3;
+    b0 += y0 * y0;
+    b1 += y1 * y1;
+    b2 += y2 * y2;
+    b3 += y3 * y3;
+    c0 += x0 * y0;
+    c1 += x1 * y1;
+    c2 += x2 * y2;
+    c3 += x3 * y3;
+  }
+  for (; k + L <= n; k += L) {
+    const V x0 = load<V>(x + k), y0 = load<V>(y + k);
+    a0 += x0 * x0;
+    b0 += y0 * y0;
+    c0 += x0 * y0;
+  }
+  xx = hsum<T>((a0 + a1) + (a2 + a3));
+  yy = hsum<T>((b0 + b1) + (b2 + b3));
+  xy = hsum<T>((c0 + c1) + (c2 + c3));
+  for (; k < n; ++k) {
+    xx += x[k] * x[k];
+    yy += y[k] * y[k];
+    xy += x[k] * y[k];
+  }
+}
+
 template <class T>
 void cosine_rows(const T* a, const T* b, index_t n, index_t k, T* out) {
   const int nt = (n * k > (1 << 18)) ? num_threads() : 1;
@@ -197,8 +238,10 @@ void cosine_rows(const T* a, const T* b, index_t n, index_t k, T* out) {
   for (index_t i = 0; i < n; ++i) {
     const T* x = a + i * k;
     const T* y = b + i * k;
-    T ix = classify_row(x, k, dot<T>(x, x, k));
-    T iy = classify_row(y, k, dot<T>(y, y, k));
+    T sxx, syy, sxy;
+    dot3(x, y, k, sxx, syy, sxy);
+    T ix = classify_row(x, k, sxx);
+    T iy = classify_row(y, k, syy);
     std::vector<T> scaled;  // only for rows outside the safe range
     if (ix < T(0) || iy < T(0)) {
       scaled.resize(static_cast<std::size_t>(2 * k));
@@ -210,6 +253,7 @@ void cosine_rows(const T* a, const T* b, index_t n, index_t k, T* out) {
         iy = rescale_row(y, k, scaled.data() + k);
         y = scaled.data() + k;
       }
+      sxy = dot<T>(x, y, k);  // of the rescaled rows
     }
     double s;
     if (std::isnan(ix) || std::isnan(iy))
@@ -217,8 +261,7 @@ void cosine_rows(const T* a, const T* b, index_t n, index_t k, T* out) {
     else if (ix == T(0) || iy == T(0))
       s = 0.0;
     else
-      s = clamp_keep_nan(static_cast<double>(dot<T>(x, y, k)) * static_cast<double>(ix) * static_cast<double>(iy),
-                         -1.0, 1.0);
+      s = clamp_keep_nan(static_cast<double>(sxy) * static_cast<double>(ix) * static_cast<double>(iy), -1.0, 1.0);
     out[i] = static_cast<T>(s);
   }
 }
