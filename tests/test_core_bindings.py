@@ -164,6 +164,8 @@ def _valid_call(draw, name):
         return core.cosine_rows_fast, [arr(m, d), arr(m, d), np.empty(m, dt)]
     if name == "cosine_pair_fast":
         return core.cosine_pair_fast, [arr(d), arr(d)]
+    if name == "triplet_cost_fast":
+        return core.triplet_cost_fast, [arr(b, d), arr(b, d), 0.25, draw(st.sampled_from([0, 1])), draw(st.booleans())]
     if name == "cosine_rows":
         return core.cosine_rows, [arr(m, d), arr(m, d), np.empty(m, dt)]
     if name == "gemm_nt":
@@ -201,7 +203,8 @@ def _valid_call(draw, name):
     return layer.run, args
 
 
-_BINDINGS = ["cosine_matrix", "cosine_matrix_fast", "cosine_rows_fast", "cosine_pair_fast", "cosine_rows", "gemm_nt", "triplet_forward", "triplet_backward", "top_k",
+_BINDINGS = ["cosine_matrix", "cosine_matrix_fast", "cosine_rows_fast", "cosine_pair_fast", "triplet_cost_fast",
+             "cosine_rows", "gemm_nt", "triplet_forward", "triplet_backward", "top_k",
              "vec_math", "RnnLayer", "RnnLayer.run"]
 
 
@@ -337,6 +340,10 @@ class _WithoutFastPath:
 
     @staticmethod
     def cosine_pair_fast(u, v):
+        return None
+
+    @staticmethod
+    def triplet_cost_fast(v1, v2, margin, empty, mean):
         return None
 
 
@@ -508,3 +515,80 @@ def test_rows_and_pair_take_the_fast_path_and_agree_with_the_general_path(dtype,
     assert pair == fastsim.cosine_similarity(a[-1], b[-1], backend="cpp")
     want = fastsim.cosine_similarity_rows(a.astype(np.float64), b.astype(np.float64), backend="numpy")
     np.testing.assert_allclose(rows, want, rtol=0, atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+# --------------------------------------------------------------------------- triplet_cost_fast
+
+
+def _declined_triplets():
+    v1, v2 = _plain(np.float32, m=8, n=8, d=5)
+    return {
+        "v1 is a list": (v1.tolist(), v2),
+        "v2 is a subclass": (v1, v2.view(_Subclass)),
+        "v1 not contiguous": (np.asfortranarray(v1), v2),
+        "mixed dtypes": (v1, v2.astype(np.float64)),
+        "integer v1": (v1.astype(np.int32), v2),
+        "big-endian": (v1.astype(">f4"), v2.astype(">f4")),
+        "one row": (v1[:1], v2[:1]),
+        "no columns": (v1[:, :0], v2[:, :0]),
+        "shapes differ": (v1, v2[:7]),
+        "1-D": (v1[0], v2[0]),
+        "unaligned v1": (_unaligned(v1.shape, np.float32), v2),
+    }
+
+
+def _triplet_outcome(v1, v2, **kw):
+    try:
+        return fastsim.modified_triplet_loss(v1, v2, backend="cpp", **kw), None
+    except (TypeError, ValueError) as exc:
+        return None, (type(exc), str(exc))
+
+
+@pytest.mark.parametrize("case", list(_declined_triplets()))
+def test_triplet_cost_fast_leaves_every_unusual_call_to_the_general_path(case):
+    v1, v2 = _declined_triplets()[case]
+    assert fastsim._backend.core().triplet_cost_fast(v1, v2, 0.25, 0, False) is None
+
+
+@pytest.mark.parametrize("case", list(_declined_triplets()))
+def test_triplet_loss_answers_unusual_calls_as_the_general_path_does(case, monkeypatch):
+    got, err = _triplet_outcome(*_declined_triplets()[case])
+    monkeypatch.setattr(fastsim._backend, "_core", _WithoutFastPath(fastsim._backend._core))
+    want, want_err = _triplet_outcome(*_declined_triplets()[case])
+    assert err == want_err
+    if err is None:
+        assert type(got) is type(want) and (got == want or (np.isnan(got) and np.isnan(want)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("b", "d"), [(3, 4), (9, 7), (64, 128)])
+@pytest.mark.parametrize(("reduction", "empty", "margin"), [("sum", "shift", 0.25), ("mean", "floor", 0.5),
+                                                            ("sum", "floor", 0)])
+def test_triplet_loss_takes_the_fast_path_and_agrees_with_the_general_path(dtype, b, d, reduction, empty, margin,
+                                                                            monkeypatch):
+    rng = np.random.default_rng(b * 31 + d)
+    v1 = rng.standard_normal((b, d)).astype(dtype)
+    v2 = (v1 + rng.standard_normal((b, d))).astype(dtype)
+    core = fastsim._backend._core
+    calls = []
+
+    class Spy(_WithoutFastPath):
+        @staticmethod
+        def triplet_cost_fast(*args):
+            result = core.triplet_cost_fast(*args)
+            calls.append(result is not None)
+            return result
+
+    kw = {"margin": margin, "reduction": reduction, "empty": empty}
+    monkeypatch.setattr(fastsim._backend, "_core", Spy(core))
+    got = fastsim.modified_triplet_loss(v1, v2, **kw)
+    assert calls == [True]
+    fastsim.modified_triplet_loss(v1, v2, reduction="none", backend="cpp")  # per-row losses: not the fast path
+    fastsim.modified_triplet_loss(v1, v2, return_parts=True, backend="cpp")
+    assert calls == [True]
+    monkeypatch.setattr(fastsim._backend, "_core", _WithoutFastPath(core))
+    want = fastsim.modified_triplet_loss(v1, v2, backend="cpp", **kw)
+    assert type(got) is type(want) is np.dtype(dtype).type
+    assert got == want
+    ref = fastsim.modified_triplet_loss(v1.astype(np.float64), v2.astype(np.float64), backend="numpy", **kw)
+    assert abs(float(got) - float(ref)) <= (1e-5 if dtype == np.float32 else 1e-12) * max(1.0, b)

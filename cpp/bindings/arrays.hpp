@@ -63,4 +63,45 @@ inline T* mptr(py::array& a) {
   return static_cast<T*>(a.mutable_data());
 }
 
+// Plain arrays, for the fast paths that check everything themselves and hand
+// anything unusual back to the Python layer (see bind_cosine.cpp): an exact
+// numpy.ndarray (no subclass).
+inline bool is_plain_array(const py::handle& h) {
+  static PyTypeObject* const ndarray = reinterpret_cast<PyTypeObject*>(
+      py::object(py::module_::import("numpy").attr("ndarray")).release().ptr());
+  return Py_TYPE(h.ptr()) == ndarray;
+}
+
+// 2-D, C-contiguous, aligned, with at least one row and one column.
+inline bool plain_2d(const py::array& a) {
+  constexpr int need = py::array::c_style | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+  return a.ndim() == 2 && (a.flags() & need) == need && a.shape(0) > 0 && a.shape(1) > 0;
+}
+
+inline bool bytes_overlap(const py::array& x, const py::array& y) {
+  const auto* x0 = static_cast<const char*>(x.data());
+  const auto* y0 = static_cast<const char*>(y.data());
+  return x0 < y0 + y.nbytes() && y0 < x0 + x.nbytes();
+}
+
+// 4 for float32, 8 for float64, 0 for any other dtype (byte-swapped ones
+// included): dtype identity, NumPy hands out one descriptor per builtin type.
+// The descriptors are kept for the life of the process (no destructor may run
+// after the interpreter).
+inline int plain_float_size(const py::array& a) {
+  static PyObject* const f32 = py::dtype::of<float>().release().ptr();
+  static PyObject* const f64 = py::dtype::of<double>().release().ptr();
+  const py::dtype dt = a.dtype();
+  return dt.ptr() == f32 ? 4 : (dt.ptr() == f64 ? 8 : 0);
+}
+
+// The NumPy scalar type of T (numpy.float32 or numpy.float64), kept for the
+// life of the process.
+template <class T>
+inline py::handle numpy_scalar_type() {
+  static PyObject* const type =
+      py::object(py::module_::import("numpy").attr(sizeof(T) == 4 ? "float32" : "float64")).release().ptr();
+  return py::handle(type);
+}
+
 }  // namespace fastsim::bind

@@ -62,23 +62,6 @@ void gemm_nt_t(py::array& a, py::array& b, py::array& out) {
 // general path, which converts, validates and raises the documented errors;
 // so this adds no behaviour, it only removes ~4 us of Python per call (a
 // third of a 64 x 64 x 128 call).
-bool is_plain_array(const py::handle& h) {
-  static PyTypeObject* const ndarray = reinterpret_cast<PyTypeObject*>(
-      py::object(py::module_::import("numpy").attr("ndarray")).release().ptr());
-  return Py_TYPE(h.ptr()) == ndarray;
-}
-
-bool plain_2d(const py::array& a) {
-  constexpr int need = py::array::c_style | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
-  return a.ndim() == 2 && (a.flags() & need) == need && a.shape(0) > 0 && a.shape(1) > 0;
-}
-
-bool bytes_overlap(const py::array& x, const py::array& y) {
-  const auto* x0 = static_cast<const char*>(x.data());
-  const auto* y0 = static_cast<const char*>(y.data());
-  return x0 < y0 + y.nbytes() && y0 < x0 + x.nbytes();
-}
-
 template <class T>
 py::array aligned_matrix(index_t m, index_t n) {
   void* p = nullptr;
@@ -114,17 +97,6 @@ py::object cosine_matrix_fast_t(const py::array& a, const py::object& b_obj, con
     fn(pa, m, pb, n, k, po, self);
   }
   return std::move(out);
-}
-
-// 4 for float32, 8 for float64, 0 for any other dtype (byte-swapped ones
-// included): dtype identity, NumPy hands out one descriptor per builtin type.
-// The descriptors are kept for the life of the process (no destructor may run
-// after the interpreter).
-int plain_float_size(const py::array& a) {
-  static PyObject* const f32 = py::dtype::of<float>().release().ptr();
-  static PyObject* const f64 = py::dtype::of<double>().release().ptr();
-  const py::dtype dt = a.dtype();
-  return dt.ptr() == f32 ? 4 : (dt.ptr() == f64 ? 8 : 0);
 }
 
 py::object cosine_matrix_fast(const py::object& a_obj, const py::object& b_obj, const py::object& out_obj) {
@@ -187,8 +159,6 @@ py::object cosine_rows_fast(const py::object& a_obj, const py::object& b_obj, co
 // the three dot products.
 template <class T>
 py::object cosine_pair_fast_t(const py::array& u, const py::array& v) {
-  static PyObject* const scalar_type =
-      py::object(py::module_::import("numpy").attr(sizeof(T) == 4 ? "float32" : "float64")).release().ptr();
   const index_t d = u.shape(0);
   const T* pu = cptr<T>(u);
   const T* pv = cptr<T>(v);
@@ -200,7 +170,7 @@ py::object cosine_pair_fast_t(const py::array& u, const py::array& v) {
   } else {
     fn(pu, pv, 1, d, &r);
   }
-  return py::reinterpret_borrow<py::object>(scalar_type)(static_cast<double>(r));
+  return numpy_scalar_type<T>()(static_cast<double>(r));
 }
 
 py::object cosine_pair_fast(const py::object& u_obj, const py::object& v_obj) {

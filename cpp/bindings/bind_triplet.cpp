@@ -64,6 +64,25 @@ double cost_t(py::array& v1, py::array& v2, double margin, int empty, bool mean)
   return mean ? total / static_cast<double>(b) : total;
 }
 
+// modified_triplet_loss's cost for plain arrays, checked here: v1 and v2
+// exact ndarrays of one float dtype and shape (b >= 2, d >= 1), C-contiguous
+// and aligned.  Returns the NumPy scalar of that dtype, or None when the call
+// needs the general path (conversions, documented errors).
+py::object triplet_cost_fast(const py::object& v1_obj, const py::object& v2_obj, double margin, int empty,
+                             bool mean) {
+  if (!is_plain_array(v1_obj) || !is_plain_array(v2_obj) || (empty != 0 && empty != 1)) return py::none();
+  auto v1 = py::reinterpret_borrow<py::array>(v1_obj);
+  auto v2 = py::reinterpret_borrow<py::array>(v2_obj);
+  if (!plain_2d(v1) || !plain_2d(v2) || v1.shape(0) < 2 || v1.shape(0) != v2.shape(0) ||
+      v1.shape(1) != v2.shape(1) || !v1.dtype().is(v2.dtype()))
+    return py::none();
+  switch (plain_float_size(v1)) {
+    case 4: return numpy_scalar_type<float>()(cost_t<float>(v1, v2, margin, empty, mean));
+    case 8: return numpy_scalar_type<double>()(cost_t<double>(v1, v2, margin, empty, mean));
+    default: return py::none();
+  }
+}
+
 template <class T>
 py::tuple hard_negatives_t(py::array& sim, int empty) {
   const index_t b = sim.shape(0);
@@ -160,6 +179,10 @@ void bind_triplet(py::module_& m) {
       },
       py::arg("v1"), py::arg("v2"), py::arg("margin"), py::arg("empty"), py::arg("mean"),
       "sum_i (or mean_i) of L1_i + L2_i, accumulated in double; the caller casts to the input dtype.");
+  m.def("triplet_cost_fast", &triplet_cost_fast, py::arg("v1"), py::arg("v2"), py::arg("margin"), py::arg("empty"),
+        py::arg("mean"),
+        "triplet_cost for plain float32/float64 arrays, checked here, as a NumPy scalar of their dtype; None "
+        "when the call needs the general path.");
   m.def(
       "triplet_backward",
       [](py::array v1, py::array v2, py::array closest_idx, py::array active1, py::array active2, py::object weight) {
