@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
@@ -72,16 +73,39 @@ inline bool is_plain_array(const py::handle& h) {
   return Py_TYPE(h.ptr()) == ndarray;
 }
 
+// C-contiguous and aligned.
+inline bool plain_layout(const py::array& a) {
+  constexpr int need = py::array::c_style | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+  return (a.flags() & need) == need;
+}
+
 // 2-D, C-contiguous, aligned, with at least one row and one column.
 inline bool plain_2d(const py::array& a) {
-  constexpr int need = py::array::c_style | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
-  return a.ndim() == 2 && (a.flags() & need) == need && a.shape(0) > 0 && a.shape(1) > 0;
+  return a.ndim() == 2 && plain_layout(a) && a.shape(0) > 0 && a.shape(1) > 0;
 }
 
 inline bool bytes_overlap(const py::array& x, const py::array& y) {
   const auto* x0 = static_cast<const char*>(x.data());
   const auto* y0 = static_cast<const char*>(y.data());
   return x0 < y0 + y.nbytes() && y0 < x0 + x.nbytes();
+}
+
+// A caller's `out` usable as it is: a plain ndarray of exactly `shape` and
+// the dtype of `like`, C-contiguous, aligned, writeable, sharing no byte with
+// `a` or `b`.  On success it is stored in `out`.
+inline bool plain_out(const py::object& out_obj, std::initializer_list<index_t> shape, const py::array& like,
+                      const py::array& a, const py::array& b, py::array& out) {
+  if (!is_plain_array(out_obj)) return false;
+  auto o = py::reinterpret_borrow<py::array>(out_obj);
+  if (o.ndim() != static_cast<py::ssize_t>(shape.size())) return false;
+  int axis = 0;
+  for (index_t extent : shape)
+    if (o.shape(axis++) != extent) return false;
+  if (!o.dtype().is(like.dtype()) || !plain_layout(o) || !o.writeable() || bytes_overlap(o, a) ||
+      bytes_overlap(o, b))
+    return false;
+  out = std::move(o);
+  return true;
 }
 
 // 4 for float32, 8 for float64, 0 for any other dtype (byte-swapped ones

@@ -113,6 +113,17 @@ def core():
     return _core
 
 
+def fast_core(backend):
+    """The compiled module when a call with this ``backend`` argument may take a
+    compiled fast path (``"cpp"``, or ``"auto"``, which resolves to it whenever
+    the module is loaded), else None.  A fast path checks its arrays itself
+    and answers None for anything the general path must convert or refuse;
+    anything but a plain ``str`` backend is left to :func:`resolve`."""
+    if _core is not None and type(backend) is str and (backend == "cpp" or backend == "auto"):
+        return _core
+    return None
+
+
 # --------------------------------------------------------------------------- threads
 
 

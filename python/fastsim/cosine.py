@@ -27,8 +27,8 @@ def cosine_similarity(u, v, /, *, backend: str = "auto"):
         ``u.v / (|u| |v|)`` clamped to [-1, 1]; 0 when either vector is zero;
         NaN when either holds NaN or inf.
     """
-    core = _backend._core
-    if core is not None and type(backend) is str and (backend == "cpp" or backend == "auto"):
+    core = _backend.fast_core(backend)
+    if core is not None:
         result = core.cosine_pair_fast(u, v)  # None: the general path below
         if result is not None:
             return result
@@ -64,8 +64,8 @@ def cosine_similarity_rows(a, b, /, *, out=None, backend: str = "auto") -> np.nd
     ndarray, shape (n,)
         float64 if either input is float64, else float32.
     """
-    core = _backend._core
-    if core is not None and type(backend) is str and (backend == "cpp" or backend == "auto"):
+    core = _backend.fast_core(backend)
+    if core is not None:
         result = core.cosine_rows_fast(a, b, out)  # None: the general path below
         if result is not None:
             return result
@@ -118,11 +118,9 @@ def cosine_similarity_matrix(a, b=None, /, *, out=None, backend: str = "auto") -
     inverse norms and the clamp while each tile is still in registers; the
     normalized copies of the inputs are never formed.
     """
-    core = _backend._core
-    if core is not None and type(backend) is str and (backend == "cpp" or backend == "auto"):
-        # Plain float arrays: checked and computed in one compiled call (None:
-        # take the general path below, which converts and validates).
-        result = core.cosine_matrix_fast(a, b, out)
+    core = _backend.fast_core(backend)
+    if core is not None:
+        result = core.cosine_matrix_fast(a, b, out)  # None: the general path below
         if result is not None:
             return result
     a = as_float_array(a, "a", ndim=2)

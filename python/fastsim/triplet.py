@@ -319,11 +319,9 @@ def modified_triplet_loss(v1, v2, /, margin: float = 0.25, *, reduction: str = "
     """
     margin = _check_options(margin, reduction, empty)
     return_parts = check_bool(return_parts, "return_parts")
-    core = _backend._core
-    if (core is not None and not return_parts and reduction != "none" and type(backend) is str
-            and (backend == "cpp" or backend == "auto")):
-        # plain arrays: checked and computed in one compiled call (None: the general path below)
-        cost = core.triplet_cost_fast(v1, v2, margin, _EMPTY_CODES[empty], reduction == "mean")
+    core = _backend.fast_core(backend)
+    if core is not None and not return_parts and reduction != "none":
+        cost = core.triplet_cost_fast(v1, v2, margin, _EMPTY_CODES[empty], reduction == "mean")  # None: below
         if cost is not None:
             return cost
     v1, v2 = _prepare_pair(v1, v2)
