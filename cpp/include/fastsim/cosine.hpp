@@ -189,7 +189,9 @@ void cosine_matrix(const T* a, index_t m, const T* b, index_t n, index_t k, T* o
 
 // x.x, y.y and x.y in one pass over x and y, each accumulated exactly as
 // dot() accumulates it (same chains, same order, same tail), so the results
-// are bit for bit those of three dot() calls at half the loads.
+// are bit for bit those of three dot() calls at half the loads.  The twelve
+// accumulators are written out: with them in arrays and a loop over them GCC 12
+// generated different code for the tail and changed the last bit of some rows.
 template <class T>
 inline void dot3(const T* x, const T* y, index_t n, T& xx, T& yy, T& xy) {
   using V = vec_t<T>;
