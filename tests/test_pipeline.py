@@ -545,6 +545,32 @@ def test_projected_embedding_table_matches_numpy(dtype, kind, pooling):
 
 @needs_rnn
 @needs_cpp
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V", range(30, 42))
+def test_projected_table_agrees_bitwise_with_the_gather_path(dtype, V):
+    # The projection of a token must not depend on how many rows the GEMM
+    # that made it had: an edge tile of 1-3 rows used to sum in more k-chains
+    # than a full tile, so on AVX2 the last rows of a table of V = 20000
+    # tokens (and any table row in a short last tile) differed in the last bit
+    # from the same token projected inside a batch: the encoder's first call
+    # and its later ones disagreed.  Twelve consecutive V cover every
+    # table-edge tile height; the batches' own edge tiles vary as well.
+    rng = np.random.default_rng(V)
+    E, H = 7, 9
+    enc = SiameseEncoder(rng.standard_normal((V, E)), [fs_rnn.LSTM(E, H, dtype=dtype, seed=V)], "mean")
+    ids = rng.integers(0, V, size=(3 + V % 4, 5))  # fewer than V tokens
+    ids[-1, -1] = ids[0, 0] = V - 1  # the table's last row, in its edge tile
+    first = enc.encode(ids, backend="cpp")  # gathers the embedding rows
+    assert enc._tokens_encoded < V
+    enc.encode(rng.integers(0, V, size=(V, 1)), backend="cpp")  # past V tokens: the table is built
+    second = enc.encode(ids, backend="cpp")  # reads the projected table
+    layer = enc.layers[0]
+    assert all(p.core_layer(layer._relu()).input_table_source is not None for p in layer._cells[0])
+    np.testing.assert_array_equal(second, first)
+
+
+@needs_rnn
+@needs_cpp
 def test_no_projected_table_beyond_its_memory_cap(monkeypatch):
     import fastsim.pipeline as pipeline_module
 

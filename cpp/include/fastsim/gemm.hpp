@@ -191,13 +191,13 @@ struct PanelPrefetch {
 // A is read in place (rows at stride lda, broadcast one element at a time):
 // the rows of a tile are only R * k elements, they stay in L1 while the tile
 // is computed, and skipping the A pack makes small problems cheap.
-template <class T, int R, class Epilogue>
+template <class T, int R, bool OneChain, class Epilogue>
 inline void micro_kernel_rows(index_t k, const T* __restrict a, index_t lda, const T* __restrict bp, Epilogue& ep,
                               index_t i0, index_t j0, int nr, int thread) {
   using S = GemmShape<T>;
   using V = vec_t<T>;
   constexpr int MR = S::MR, NV = S::NV, L = S::L, NR = S::NR;
-  constexpr int KU = k_chains<T>(R);
+  constexpr int KU = OneChain ? 1 : k_chains<T>(R);
   // The sums build up in `c`, whose address never escapes, so the compiler
   // keeps it in registers; `acc` is handed to the epilogue by reference and,
   // used inside the loop, was stored back to the stack on every k step by
@@ -296,23 +296,27 @@ inline T tile_dot(const T* x, const T* y, index_t k, int chains) {
 
 // Picks the kernel for `mr` rows (edge tiles and small batches such as one
 // recurrent step of a single sequence).
-template <class T, int R, class Epilogue>
+template <class T, int R, bool OneChain, class Epilogue>
 inline void micro_kernel_dispatch(int mr, index_t k, const T* a, index_t lda, const T* bp, Epilogue& ep, index_t i0,
                                   index_t j0, int nr, int thread) {
   if constexpr (R > 1) {
-    if (mr < R) return micro_kernel_dispatch<T, R - 1>(mr, k, a, lda, bp, ep, i0, j0, nr, thread);
+    if (mr < R) return micro_kernel_dispatch<T, R - 1, OneChain>(mr, k, a, lda, bp, ep, i0, j0, nr, thread);
   }
-  micro_kernel_rows<T, R>(k, a, lda, bp, ep, i0, j0, nr, thread);
+  micro_kernel_rows<T, R, OneChain>(k, a, lda, bp, ep, i0, j0, nr, thread);
 }
 
+// With `one_chain`, edge tiles sum in the order of full tiles (see
+// GemmOptions::row_invariant).
 template <class T, class Epilogue>
 inline void micro_kernel(index_t k, const T* __restrict a, index_t lda, const T* __restrict bp, Epilogue& ep,
-                         index_t i0, index_t j0, int mr, int nr, int thread) {
+                         index_t i0, index_t j0, int mr, int nr, int thread, bool one_chain = false) {
   constexpr int MR = GemmShape<T>::MR;
   if (mr == MR)
-    micro_kernel_rows<T, MR>(k, a, lda, bp, ep, i0, j0, nr, thread);
+    micro_kernel_rows<T, MR, false>(k, a, lda, bp, ep, i0, j0, nr, thread);
+  else if (one_chain)
+    micro_kernel_dispatch<T, MR - 1, true>(mr, k, a, lda, bp, ep, i0, j0, nr, thread);
   else
-    micro_kernel_dispatch<T, MR - 1>(mr, k, a, lda, bp, ep, i0, j0, nr, thread);
+    micro_kernel_dispatch<T, MR - 1, false>(mr, k, a, lda, bp, ep, i0, j0, nr, thread);
 }
 
 // A block of B rows packed once and reusable across calls (e.g. LSTM weights).
@@ -338,6 +342,13 @@ struct GemmOptions {
   // split may then deal row chunks to the threads as they come free instead
   // of giving each a fixed share (see gemm_nt).
   bool independent_rows = false;
+  // Every row is summed in one order, that of a full MR-row tile, wherever it
+  // falls: edge tiles give up the extra k-chains that k_chains grants tiles
+  // of few rows.  A row's result then does not depend on how many rows share
+  // the call (the encoder's projected-embedding table and its per-call
+  // projection of the same tokens agree bitwise).  Costs nothing on large
+  // products; a 1-row product runs latency-bound.
+  bool row_invariant = false;
   // Run as member `team_rank` of a team of `team_size` threads that the
   // caller has already started (inside its own parallel region): no fork, no
   // thread choice; every member must call with the same arguments.  Only for
@@ -515,7 +526,8 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
           for (index_t jp = jp_begin; jp < jp_end; ++jp) {
             const index_t j0 = jc + jp * NR;
             const int nr = static_cast<int>(std::min<index_t>(NR, n - j0));
-            micro_kernel<T>(k, ap, lda, bblock + (jp - jp_first) * NR * kk, ep, i0, j0, mr, nr, tid);
+            micro_kernel<T>(k, ap, lda, bblock + (jp - jp_first) * NR * kk, ep, i0, j0, mr, nr, tid,
+                            opt.row_invariant);
           }
         }
       };

@@ -312,6 +312,7 @@ void rnn_input_projection(const RnnWeights<T>& w, const T* x, index_t rows, T* x
   BiasStoreEpilogue<T> ep{xw, w.cols, w.bias_x.data()};
   GemmOptions opt;
   opt.independent_rows = true;  // the epilogue only writes its tile
+  opt.row_invariant = true;     // a table row equals the projection of the same token in any batch
   gemm_nt<T>(x, w.D, nullptr, 0, rows, w.cols, w.D, ep, opt, &w.w_ih);
 }
 
