@@ -25,6 +25,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <utility>
 #include <vector>
 
 #include "gemm.hpp"
@@ -180,6 +182,28 @@ struct StepContext {
   }
 };
 
+// Two half-width vectors joined into one, and the halves of one.
+template <class V, class VH, std::size_t... I>
+inline V join_halves(VH lo, VH hi, std::index_sequence<I...>) {
+  return __builtin_shufflevector(lo, hi, static_cast<int>(I)...);
+}
+template <class VH, std::size_t Off, class V, std::size_t... I>
+inline VH half_of(V x, std::index_sequence<I...>) {
+  return __builtin_shufflevector(x, x, static_cast<int>(I + Off)...);
+}
+
+// The cell update of one or two rows' units: c' = f c + i g, h = o tanh(c').
+// One function for every width, so that a unit's bits never depend on which
+// width carried it.
+template <class T, class W>
+inline void lstm_cell(W ig, W fg, W gg, W og, W& cv, W& hv) {
+  cv = fg * cv + ig * gg;
+  hv = og * vtanh<T>(cv);
+}
+
+// LSTM step: gates = XW_t + h W_hh^T (+ bias when XW is not used).  A panel of
+// NR columns holds G = NR / 4 units of each gate (see RnnWeights), so one
+// tile row finishes G units: c and h are updated right here.
 template <class T>
 struct LstmStepEpilogue {
   StepContext<T> ctx;
@@ -202,50 +226,78 @@ struct LstmStepEpilogue {
         scale[v][l] = is_g ? T(2) : T(1);
         shift[v][l] = is_g ? T(-1) : T(0);
       }
+    // Gates of every live row first; frozen rows carry their state over.
+    alignas(64) T gate[MR][NR];
+    bool live[MR];
     for (int r = 0; r < mr; ++r) {
       const index_t i = i0 + r;
-      const index_t t = ctx.t_of[i];
-      if (t < 0) {  // frozen: carry the state over
+      live[r] = ctx.t_of[i] >= 0;
+      if (!live[r]) {
         for (int u = 0; u < units; ++u) ctx.h_next[i * ctx.ld_h + u0 + u] = ctx.h_prev[i * ctx.ld_h + u0 + u];
         continue;
       }
       ctx.template prefetch_ahead<MR, NR>(i, j0);
-      alignas(64) T gate[NR];
       const T* add = ctx.addend(i) + j0;
       for (int v = 0; v < NV; ++v) {
         const V pre = (acc[r][v] + load<V>(add + v * L)) * scale[v];
-        store(gate + v * L, vsigmoid<T>(pre) * scale[v] + shift[v]);
+        store(gate[r] + v * L, vsigmoid<T>(pre) * scale[v] + shift[v]);
       }
-      VG ig, fg, gg, og, cv;
-      std::memcpy(&ig, gate, sizeof(VG));
-      std::memcpy(&fg, gate + G, sizeof(VG));
-      std::memcpy(&gg, gate + 2 * G, sizeof(VG));
-      std::memcpy(&og, gate + 3 * G, sizeof(VG));
+    }
+    // Then the cell updates.  With two vectors per panel (AVX2 and narrower)
+    // a row has only half a vector of units: two live rows go through
+    // lstm_cell together, one full-width tanh instead of two half-width ones.
+    for (int r = 0; r < mr;) {
+      if (!live[r]) {
+        ++r;
+        continue;
+      }
+      if constexpr (2 * G == L) {
+        if (units == G && r + 1 < mr && live[r + 1]) {
+          using Seq = std::make_index_sequence<static_cast<std::size_t>(L)>;
+          using Half = std::make_index_sequence<static_cast<std::size_t>(G)>;
+          auto both = [&](int q, const T* a, const T* b) {
+            VG lo, hi;
+            std::memcpy(&lo, a + q * G, sizeof(VG));
+            std::memcpy(&hi, b + q * G, sizeof(VG));
+            return join_halves<V>(lo, hi, Seq{});
+          };
+          T* c0 = ctx.c + (i0 + r) * H + u0;
+          T* c1 = ctx.c + (i0 + r + 1) * H + u0;
+          V cv = both(0, c0, c1), hv;
+          lstm_cell<T>(both(0, gate[r], gate[r + 1]), both(1, gate[r], gate[r + 1]), both(2, gate[r], gate[r + 1]),
+                       both(3, gate[r], gate[r + 1]), cv, hv);
+          const VG c_lo = half_of<VG, 0>(cv, Half{}), c_hi = half_of<VG, G>(cv, Half{});
+          const VG h_lo = half_of<VG, 0>(hv, Half{}), h_hi = half_of<VG, G>(hv, Half{});
+          std::memcpy(c0, &c_lo, sizeof(VG));
+          std::memcpy(c1, &c_hi, sizeof(VG));
+          store_h(i0 + r, u0, h_lo);
+          store_h(i0 + r + 1, u0, h_hi);
+          r += 2;
+          continue;
+        }
+      }
+      const index_t i = i0 + r;
+      VG ig, fg, gg, og, cv, hv;
+      std::memcpy(&ig, gate[r], sizeof(VG));
+      std::memcpy(&fg, gate[r] + G, sizeof(VG));
+      std::memcpy(&gg, gate[r] + 2 * G, sizeof(VG));
+      std::memcpy(&og, gate[r] + 3 * G, sizeof(VG));
       T* c = ctx.c + i * H + u0;
-      T* hn = ctx.h_next + i * ctx.ld_h + u0;
-      T* o = ctx.dst.out_row(i, t);
-      T* pl = ctx.dst.pool_row(i, t);
-      if (o) o += u0;
-      if (pl) pl += u0;
       if (units == G) {
         std::memcpy(&cv, c, sizeof(VG));
-        cv = fg * cv + ig * gg;
-        const VG hv = og * vtanh<T>(cv);
+        lstm_cell<T>(ig, fg, gg, og, cv, hv);
         std::memcpy(c, &cv, sizeof(VG));
-        std::memcpy(hn, &hv, sizeof(VG));
-        if (o) std::memcpy(o, &hv, sizeof(VG));
-        if (pl) {
-          VG sum;
-          std::memcpy(&sum, pl, sizeof(VG));
-          sum += hv;
-          std::memcpy(pl, &sum, sizeof(VG));
-        }
+        store_h(i, u0, hv);
       } else {
         alignas(64) T cbuf[G] = {};
         for (int u = 0; u < units; ++u) cbuf[u] = c[u];
         std::memcpy(&cv, cbuf, sizeof(VG));
-        cv = fg * cv + ig * gg;
-        const VG hv = og * vtanh<T>(cv);
+        lstm_cell<T>(ig, fg, gg, og, cv, hv);
+        T* hn = ctx.h_next + i * ctx.ld_h + u0;
+        T* o = ctx.dst.out_row(i, ctx.t_of[i]);
+        T* pl = ctx.dst.pool_row(i, ctx.t_of[i]);
+        if (o) o += u0;
+        if (pl) pl += u0;
         for (int u = 0; u < units; ++u) {
           c[u] = cv[u];
           hn[u] = hv[u];
@@ -253,6 +305,21 @@ struct LstmStepEpilogue {
           if (pl) pl[u] += hv[u];
         }
       }
+      ++r;
+    }
+  }
+
+  // h of G units of row i: the next state, the output row and the pooled sum.
+  template <class VG>
+  inline void store_h(index_t i, index_t u0, VG hv) {
+    const index_t t = ctx.t_of[i];
+    std::memcpy(ctx.h_next + i * ctx.ld_h + u0, &hv, sizeof(VG));
+    if (T* o = ctx.dst.out_row(i, t)) std::memcpy(o + u0, &hv, sizeof(VG));
+    if (T* pl = ctx.dst.pool_row(i, t)) {
+      VG sum;
+      std::memcpy(&sum, pl + u0, sizeof(VG));
+      sum += hv;
+      std::memcpy(pl + u0, &sum, sizeof(VG));
     }
   }
 };
