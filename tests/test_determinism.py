@@ -251,11 +251,11 @@ def test_small_batch_steps_shared_by_threads(cell, project, monkeypatch, restore
 @pytest.mark.parametrize("project", ["0", "1"], ids=["x-in-step", "projected"])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 def test_large_batch_runs_in_lanes(cell, project, monkeypatch, restore_threads):
-    # Enough sequences that every thread runs its own lane of rows through all
-    # the steps: 131 rows (not a multiple of the 6-row register tile) give
-    # lanes of 66 + 65 rows on two threads and 42 + 42 + 47 on three.  The
-    # lanes must see their own rows of x, lengths, initial states, outputs
-    # and pooled sums, in both directions and both step forms.
+    # Enough sequences to run in lanes of rows: 131 rows (not a multiple of
+    # the 6-row register tile) make three lanes on two threads and four on
+    # three, which the threads take one step at a time (T = 9).  The lanes
+    # must see their own rows of x, lengths, initial states, outputs and
+    # pooled sums, in both directions and both step forms.
     monkeypatch.setenv("FASTSIM_RNN_PROJECT", project)
     rng = np.random.default_rng(12)
     B, T, D, H = 131, 9, 24, 40
@@ -289,6 +289,41 @@ def test_large_batch_runs_in_lanes(cell, project, monkeypatch, restore_threads):
     for g, w in zip(one, [out, *flatten(state)]):
         assert_close(g, w, np.float32, err_msg=f"{cell} large batch vs the float64 reference")
     assert_close(one[-1], enc.encode(ids, backend="numpy"), np.float32, err_msg=f"{cell} encoder vs NumPy")
+
+
+@pytest.mark.skipif("cpp" not in fastsim.available_backends(), reason="compiled core not available")
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_lanes_taken_in_slices_of_steps(cell, restore_threads):
+    # Lanes are run a slice of ceil(T / 16) steps at a time, by whichever
+    # thread takes them next: with T = 37 a slice is 3 steps, so sequences
+    # end inside a slice and the reverse direction starts inside one.  The
+    # state handed from slice to slice must be exact: bitwise the result of
+    # one thread, and the float64 reference within float32 tolerance.
+    rng = np.random.default_rng(31)
+    B, T, D, H = 70, 37, 12, 20
+    layer_cls = {"LSTM": fastsim.LSTM, "GRU": fastsim.GRU}[cell]
+    layer = layer_cls(D, H, bidirectional=True, seed=4)
+    x = rng.standard_normal((B, T, D)).astype(np.float32)
+    lengths = rng.integers(1, T + 1, size=B)
+    lengths[:3] = T
+
+    def run():
+        out, state = layer(x, lengths, backend="cpp")
+        return [out, *flatten(state)]
+
+    fastsim.set_num_threads(1)
+    one = run()
+    for n in (2, 3):
+        fastsim.set_num_threads(n)
+        for _ in range(3):
+            assert_bitwise(run(), one, f"{cell} lanes in slices, {n} threads vs 1")
+    ref = layer_cls(D, H, bidirectional=True, dtype=np.float64)
+    for k, dirs in enumerate(layer.weights):
+        for d, w in enumerate(dirs):
+            ref.set_weights(k, d, *(a.astype(np.float64) for a in w))
+    out, state = ref(x.astype(np.float64), lengths, backend="numpy")
+    for g, w in zip(one, [out, *flatten(state)]):
+        assert_close(g, w, np.float32, err_msg=f"{cell} lanes in slices vs the float64 reference")
 
 
 _FEWER_THREADS_SCRIPT = """

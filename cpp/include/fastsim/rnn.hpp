@@ -26,6 +26,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <mutex>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -425,12 +427,17 @@ inline int step_team(index_t B, index_t cols, index_t K) {
 //   h, c         : B x H initial states in, final states out (c: LSTM only)
 //   out          : rows of out_ld features, written at columns out_off .. out_off + H
 //   threads      : 0 for the library's choice, 1 to stay on the calling thread
+//   s_begin, s_end : run steps s_begin .. s_end - 1 only (s_end < 0: to the
+//                  last); h and c hold the states before step s_begin, and
+//                  hold those after step s_end - 1 on return
 template <class T>
 void rnn_steps_on(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_t T_len, index_t row_b,
                   index_t row_t, const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld,
-                  index_t out_off, const Pooling<T>& pooling, int threads) {
+                  index_t out_off, const Pooling<T>& pooling, int threads, index_t s_begin = 0,
+                  index_t s_end = -1) {
   const index_t H = w.H, cols = w.cols;
-  if (B <= 0 || T_len <= 0) return;
+  if (s_end < 0 || s_end > T_len) s_end = T_len;
+  if (B <= 0 || T_len <= 0 || s_begin >= s_end) return;
   // Which step of each batch row step s runs (-1: its sequence has ended) and
   // where that row's input comes from; false once every sequence has ended.
   auto plan_step = [&](index_t s, std::vector<index_t>& t_of, std::vector<const T*>& xrow) {
@@ -484,7 +491,8 @@ void rnn_steps_on(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, ind
     // h_t whole before any member reads it.  With x multiplied in the step
     // GEMM, each member also stages its share of the rows of x_{t+1} into the
     // next buffer before that barrier (nobody reads that buffer during the
-    // step).  Step 0's x is staged by the caller.  Returns the buffer holding h_T.
+    // step).  Step s_begin's x is staged by the caller.  Returns the buffer
+    // holding the last h.
     auto run = [&](int rank, int size, std::vector<index_t>& t_loc, std::vector<const T*>& x_loc) {
       GemmOptions o = opt;
       o.team_rank = rank;
@@ -493,8 +501,8 @@ void rnn_steps_on(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, ind
       const index_t r0 = B * rank / parts, r1 = B * (rank + 1) / parts;
       T* cur = stage;
       T* nxt = stage + B * K;
-      bool live = plan_step(0, t_loc, x_loc);
-      for (index_t s = 0; s < T_len && live; ++s) {
+      bool live = plan_step(s_begin, t_loc, x_loc);
+      for (index_t s = s_begin; s < s_end && live; ++s) {
         StepContext<T> ctx{w.bias_x.data(), H, t_loc.data(), cur + Dx, nxt + Dx, K, c, dst,
                            in.x ? nullptr : x_loc.data(), B};
         if (w.cell == Cell::LSTM) {
@@ -505,7 +513,7 @@ void rnn_steps_on(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, ind
           gemm_nt<T>(cur, K, nullptr, 0, B, cols, K, ep, o, &wp);
         }
         // Once every sequence has ended the states are final.
-        live = s + 1 < T_len && plan_step(s + 1, t_loc, x_loc);
+        live = s + 1 < s_end && plan_step(s + 1, t_loc, x_loc);
         if (live && in.x) stage_x(nxt, t_loc, r0, r1);
 #ifdef _OPENMP
         if (size > 1) {
@@ -516,7 +524,7 @@ void rnn_steps_on(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, ind
       }
       return cur;
     };
-    if (in.x && plan_step(0, t_of, xrow)) stage_x(stage, t_of, 0, B);
+    if (in.x && plan_step(s_begin, t_of, xrow)) stage_x(stage, t_of, 0, B);
     T* last = nullptr;
     const int team = threads == 1 ? 1 : step_team<T>(B, cols, K);
 #ifdef _OPENMP
@@ -543,7 +551,7 @@ void rnn_steps_on(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, ind
   T* h_next = hbuf.data();
   using V = vec_t<T>;
   constexpr int L = Simd<T>::lanes;
-  for (index_t s = 0; s < T_len; ++s) {
+  for (index_t s = s_begin; s < s_end; ++s) {
     if (!plan_step(s, t_of, xrow)) break;
     BiasStoreEpilogue<T> ep{hh.data(), cols, w.bias_h.data()};
     gemm_nt<T>(h_prev, H, nullptr, 0, B, cols, H, ep, opt, &w.w_hh);
@@ -657,15 +665,74 @@ inline std::vector<index_t> lane_bounds(index_t B, index_t T_len, const int64_t*
   return bounds;
 }
 
+// Lanes as rnn_steps deals them: `rows` rows whose longest sequence ends at
+// step `end`, run up to step `done`.
+struct LaneProgress {
+  index_t rows = 0, end = 0, done = 0;
+  bool busy = false;
+};
+
+// Steps run per take: T / kLaneSlices, rounded up.
+inline constexpr index_t kLaneSlices = 16;
+
+// Hands out lanes: take(prev, done) gives lane `prev` back (-1: none), run
+// up to step `done`, and returns the free lane with the most row-steps left,
+// waiting while every unfinished lane is held by another thread, or -1 once
+// all lanes are finished.  Progress is only read and written under the lock.
+class LaneQueue {
+ public:
+  explicit LaneQueue(std::vector<LaneProgress>& lanes) : lanes_(lanes) {}
+  int take(int prev, index_t done, index_t* from) {
+    for (bool first = true;; first = false) {
+      {
+        std::lock_guard<std::mutex> hold(mu_);
+        if (first && prev >= 0) {
+          lanes_[static_cast<std::size_t>(prev)].busy = false;
+          lanes_[static_cast<std::size_t>(prev)].done = done;
+        }
+        int best = -1;
+        index_t most = 0;
+        bool unfinished = false;
+        for (std::size_t r = 0; r < lanes_.size(); ++r) {
+          const LaneProgress& l = lanes_[r];
+          if (l.done >= l.end) continue;
+          unfinished = true;
+          const index_t left = l.rows * (l.end - l.done);
+          if (!l.busy && left > most) {
+            most = left;
+            best = static_cast<int>(r);
+          }
+        }
+        if (best >= 0) {
+          lanes_[static_cast<std::size_t>(best)].busy = true;
+          *from = lanes_[static_cast<std::size_t>(best)].done;
+          return best;
+        }
+        if (!unfinished) return -1;
+      }
+      std::this_thread::yield();
+    }
+  }
+
+ private:
+  std::vector<LaneProgress>& lanes_;
+  std::mutex mu_;
+};
+
 // Run one direction of one layer from a given step input.
 // Batch rows are independent sequences.  A large batch is therefore cut into
-// one lane of rows per thread, and each thread runs all the steps of its lane
-// alone: no barrier at all, where a column split meets once per step and, on
+// lanes of rows, one more than there are threads, each run by one thread at
+// a time: no barrier at all, where a column split meets once per step and, on
 // a shared machine, makes whichever core a neighbour slowed hold the other
-// up at every one of them.  Each lane's step GEMMs read all of W_hh (from
-// L2, or L3 for [W_ih | W_hh]), which a lane of kLaneRows rows amortizes.
-// Lanes start at multiples of MR rows, so every lane but the last has only
-// full register tiles.  Smaller batches keep the column split (rnn_steps_on).
+// up at every one of them.  Threads take the lanes in slices of steps (see
+// LaneQueue), so a slowed core simply runs fewer slices.  Each lane's step
+// GEMMs read all of W_hh (from L2, or L3 for [W_ih | W_hh]), which a lane of
+// 16 or more rows amortizes (one thread: 12 to 48 rows of a (T, D, H) =
+// (64, 128, 256) layer cost within 5% of each other per row).  Lanes start
+// at multiples of MR rows, so every lane but the last has only full register
+// tiles, the tiles of a single thread: results do not depend on the lanes,
+// nor on which thread ran which slice.  Smaller batches keep the column
+// split (rnn_steps_on).
 template <class T>
 void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_t T_len, index_t row_b, index_t row_t,
                const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off,
@@ -675,16 +742,30 @@ void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_
   const int lanes = batch_lanes(B, w.cols, K, sizeof(T));
 #ifdef _OPENMP
   if (lanes > 1) {
-    const std::vector<index_t> bounds = lane_bounds(B, T_len, lengths, lanes, GemmShape<T>::MR);
-#pragma omp parallel num_threads(lanes)
+    // One lane more than threads, run in slices of ceil(T / kLaneSlices)
+    // steps: a thread runs a slice of a lane, hands the lane back and takes
+    // the free lane with the most work left.  A core that a neighbour slows
+    // then runs fewer slices, where one fixed lane per thread made the whole
+    // call wait for it.
+    const int threads = lanes;
+    const int n_lanes = static_cast<int>(std::min<index_t>(threads + 1, (B + GemmShape<T>::MR - 1) / GemmShape<T>::MR));
+    const std::vector<index_t> bounds = lane_bounds(B, T_len, lengths, n_lanes, GemmShape<T>::MR);
+    std::vector<LaneProgress> lane(static_cast<std::size_t>(n_lanes));
+    for (int r = 0; r < n_lanes; ++r) {
+      LaneProgress& l = lane[static_cast<std::size_t>(r)];
+      l.rows = bounds[r + 1] - bounds[r];
+      l.end = 0;
+      for (index_t i = bounds[r]; i < bounds[r + 1]; ++i)
+        l.end = std::max<index_t>(l.end, lengths ? static_cast<index_t>(lengths[i]) : T_len);
+    }
+    const index_t slice = std::max<index_t>(1, (T_len + kLaneSlices - 1) / kLaneSlices);
+    LaneQueue queue(lane);
+#pragma omp parallel num_threads(threads)
     {
-      // OpenMP may start fewer threads than asked (a thread limit, or a
-      // call from inside another parallel region): the lanes are then dealt
-      // round-robin, so every row is still run.
-      const int n = omp_get_num_threads();
-      for (int r = omp_get_thread_num(); r < lanes; r += n) {
+      index_t s0 = 0, s1 = 0;
+      for (int r = queue.take(-1, 0, &s0); r >= 0; r = queue.take(r, s1, &s0)) {
         const index_t i0 = bounds[r], i1 = bounds[r + 1];
-        if (i1 <= i0) continue;
+        s1 = std::min(lane[static_cast<std::size_t>(r)].end, s0 + slice);
         StepInput<T> sub = in;
         if (in.x) sub.x = in.x + i0 * row_b * w.D;
         if (in.ids)
@@ -697,7 +778,8 @@ void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_
           pool.until += i0;
         }
         rnn_steps_on(w, sub, i1 - i0, T_len, row_b, row_t, lengths ? lengths + i0 : nullptr, reverse, h + i0 * w.H,
-                     c ? c + i0 * w.H : nullptr, out ? out + i0 * row_b * out_ld : nullptr, out_ld, out_off, pool, 1);
+                     c ? c + i0 * w.H : nullptr, out ? out + i0 * row_b * out_ld : nullptr, out_ld, out_off, pool, 1,
+                     s0, s1);
       }
     }
     return;
