@@ -545,15 +545,19 @@ void rnn_steps_on(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, ind
 
   // GRU: per step the recurrent GEMM h W_hh^T + b_hh, then the gate pass
   // against the precomputed input projection.
-  std::vector<T> hbuf(static_cast<std::size_t>(B * H));
-  std::vector<T> hh(static_cast<std::size_t>(B * cols));
+  // The other h and the recurrent products, in this thread's scratch: the
+  // lanes call this once per slice of steps, and both are written in full
+  // before they are read (every row of h_next, live or frozen; every column
+  // of hh by the GEMM).
+  T* hbuf = scratch<T>(kScratchKernel, static_cast<std::size_t>(B * (H + cols)));
+  T* hh = hbuf + B * H;
   T* h_prev = h;
-  T* h_next = hbuf.data();
+  T* h_next = hbuf;
   using V = vec_t<T>;
   constexpr int L = Simd<T>::lanes;
   for (index_t s = s_begin; s < s_end; ++s) {
     if (!plan_step(s, t_of, xrow)) break;
-    BiasStoreEpilogue<T> ep{hh.data(), cols, w.bias_h.data()};
+    BiasStoreEpilogue<T> ep{hh, cols, w.bias_h.data()};
     gemm_nt<T>(h_prev, H, nullptr, 0, B, cols, H, ep, opt, &w.w_hh);
     DenormalGuard flush(true);
     for (index_t i = 0; i < B; ++i) {
@@ -565,7 +569,7 @@ void rnn_steps_on(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, ind
         continue;
       }
       const T* xr = xrow[i];
-      const T* hr = hh.data() + i * cols;
+      const T* hr = hh + i * cols;
       T* o = dst.out_row(i, t);
       T* pl = dst.pool_row(i, t);
       index_t u = 0;
@@ -739,15 +743,14 @@ void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_
                const Pooling<T>& pooling = {}) {
   if (B <= 0 || T_len <= 0) return;
   const index_t K = in.x ? w.D + w.H : w.H;
-  const int lanes = batch_lanes(B, w.cols, K, sizeof(T));
+  const int threads = batch_lanes(B, w.cols, K, sizeof(T));
 #ifdef _OPENMP
-  if (lanes > 1) {
+  if (threads > 1) {
     // One lane more than threads, run in slices of ceil(T / kLaneSlices)
     // steps: a thread runs a slice of a lane, hands the lane back and takes
     // the free lane with the most work left.  A core that a neighbour slows
     // then runs fewer slices, where one fixed lane per thread made the whole
     // call wait for it.
-    const int threads = lanes;
     const int n_lanes = static_cast<int>(std::min<index_t>(threads + 1, (B + GemmShape<T>::MR - 1) / GemmShape<T>::MR));
     const std::vector<index_t> bounds = lane_bounds(B, T_len, lengths, n_lanes, GemmShape<T>::MR);
     std::vector<LaneProgress> lane(static_cast<std::size_t>(n_lanes));
