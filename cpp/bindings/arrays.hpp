@@ -10,12 +10,17 @@
 #include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "fastsim/common.hpp"
 
 namespace fastsim::bind {
 
 namespace py = pybind11;
+
+// Results below this size come from np.empty without 64-byte alignment
+// (fastsim._validation.SMALL_RESULT_BYTES, the same threshold).
+inline constexpr std::size_t kSmallResultBytes = std::size_t(1) << 16;
 
 enum class DType { F32, F64 };
 
@@ -117,6 +122,29 @@ inline int plain_float_size(const py::array& a) {
   static PyObject* const f64 = py::dtype::of<double>().release().ptr();
   const py::dtype dt = a.dtype();
   return dt.ptr() == f32 ? 4 : (dt.ptr() == f64 ? 8 : 0);
+}
+
+// A fresh C-contiguous result, allocated where every fastsim result is
+// allocated: fastsim._validation.empty_aligned (NumPy's allocator, which
+// offers arrays of 4 MiB and more to transparent huge pages, with the data
+// on a 64-byte boundary), freed with the array.  Small results come straight
+// from NumPy (as empty_aligned gives them) without the call into Python.
+// A fresh 64 MiB matrix from posix_memalign was faulted in 4 KiB pages: the
+// default call took 1.7x the time of the same call into a preallocated out.
+template <class T>
+py::array new_result(std::initializer_list<index_t> shape) {
+  std::size_t count = 1;
+  std::vector<py::ssize_t> dims;
+  for (index_t extent : shape) {
+    count *= static_cast<std::size_t>(extent);
+    dims.push_back(static_cast<py::ssize_t>(extent));
+  }
+  if (count * sizeof(T) < kSmallResultBytes) return py::array_t<T>(dims);
+  static PyObject* const empty_aligned =
+      py::object(py::module_::import("fastsim._validation").attr("empty_aligned")).release().ptr();
+  py::tuple py_shape(dims.size());
+  for (std::size_t i = 0; i < dims.size(); ++i) py_shape[i] = py::int_(dims[i]);
+  return py::reinterpret_borrow<py::function>(empty_aligned)(py_shape, py::dtype::of<T>());
 }
 
 // The NumPy scalar type of T (numpy.float32 or numpy.float64), kept for the

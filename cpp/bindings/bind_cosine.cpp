@@ -53,17 +53,6 @@ void gemm_nt_t(py::array& a, py::array& b, py::array& out) {
   fn(pa, pb, m, n, k, po);
 }
 
-// A fresh m x n result on a 64-byte boundary (as empty_aligned gives the
-// general path), freed with the array.
-template <class T>
-py::array aligned_matrix(index_t m, index_t n) {
-  void* p = nullptr;
-  const std::size_t bytes = ((static_cast<std::size_t>(m) * static_cast<std::size_t>(n) * sizeof(T) + 63) / 64) * 64;
-  if (posix_memalign(&p, 64, bytes) != 0) throw std::bad_alloc();
-  py::capsule owner(p, [](void* q) { std::free(q); });
-  return py::array_t<T>({m, n}, static_cast<const T*>(p), owner);
-}
-
 // The whole of cosine_similarity_matrix for the common call, with every check
 // the Python layer makes done here at C speed: `a` (and `b`) exact ndarrays
 // of one dtype, float32 or float64, 2-D, C-contiguous, aligned, non-empty,
@@ -80,7 +69,7 @@ py::object cosine_matrix_fast_t(const py::array& a, const py::object& b_obj, con
   if (!self && (!plain_2d(b) || b.shape(1) != k || !a.dtype().is(b.dtype()))) return py::none();
   py::array out;
   if (out_obj.is_none())
-    out = aligned_matrix<T>(m, n);
+    out = new_result<T>({m, n});
   else if (!plain_out(out_obj, {m, n}, a, a, b, out))
     return py::none();
   const T* pa = cptr<T>(a);

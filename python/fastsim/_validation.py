@@ -253,7 +253,10 @@ def check_lengths(lengths, batch: int, max_len: int, *, name: str = "lengths") -
     return contiguous(arr, np.int64)
 
 
-def empty_aligned(shape, dtype, align: int = 64, *, small: int = 1 << 16) -> np.ndarray:
+SMALL_RESULT_BYTES = 1 << 16  # the same threshold as kSmallResultBytes in cpp/bindings/arrays.hpp
+
+
+def empty_aligned(shape, dtype, align: int = 64, *, small: int = SMALL_RESULT_BYTES) -> np.ndarray:
     """Uninitialized C-contiguous array whose data starts on an ``align``-byte boundary.
 
     Large outputs are written with full-vector (and, past the caches,
@@ -261,6 +264,11 @@ def empty_aligned(shape, dtype, align: int = 64, *, small: int = 1 << 16) -> np.
     bytes come straight from ``np.empty``: the compiled kernels accept any
     alignment, and for a 64 x 64 result the over-allocation and the address
     lookup cost more than the kernel's split stores.
+
+    This is where every result fastsim allocates comes from, the compiled
+    core's included (cpp/bindings/arrays.hpp ``new_result`` calls it): NumPy's
+    allocator offers arrays of 4 MiB and more to transparent huge pages, so a
+    fresh result costs about what writing into a preallocated one does.
     """
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
