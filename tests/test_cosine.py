@@ -443,3 +443,24 @@ def test_numba_kernels_have_distinct_cache_entries():
     assert names, "no cached numba kernels found"
     shared = {k: v for k, v in names.items() if len(v) > 1}
     assert not shared, f"kernels sharing a Numba cache entry: {shared}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("d", [16_385, 100_003, 20_000_000])
+def test_float32_long_vectors_stay_accurate(backend, d):
+    """Positive entries make every partial sum grow, the worst case for a
+    float32 accumulator: summed in one running float32 sum per lane, the
+    cosine of two such vectors of 20 million entries came out 0.04 off."""
+    rng = np.random.default_rng(d)
+    u = rng.random(d, dtype=np.float32)
+    v = rng.random(d, dtype=np.float32) ** 2
+    u64, v64 = u.astype(np.float64), v.astype(np.float64)
+    expected = float(u64 @ v64 / np.sqrt(u64 @ u64) / np.sqrt(v64 @ v64))
+    a, b = np.stack([u, v]), np.stack([v, u])
+    assert abs(float(fastsim.cosine_similarity(u, v, backend=backend)) - expected) < 1e-5
+    rows = fastsim.cosine_similarity_rows(a, b, backend=backend)
+    assert_close(rows, [expected, expected], np.float32)
+    matrix = fastsim.cosine_similarity_matrix(a, b, backend=backend)
+    assert_close(matrix, [[expected, 1.0], [1.0, expected]], np.float32)
+    assert_close(fastsim.cosine_similarity_matrix(a, backend=backend), [[1.0, expected], [expected, 1.0]],
+                 np.float32)

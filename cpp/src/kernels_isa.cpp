@@ -42,35 +42,63 @@ __attribute__((noinline)) void fma_block(vec_t<T>* state, vec_t<T> x, vec_t<T> y
   for (int c = 0; c < kChains; ++c) state[c] = acc[c];
 }
 
+// One thread's share of the probe: `blocks` blocks of FMAs, the flop count returned.
 template <class T>
-double fma_loop(double seconds) {
+double fma_run(long blocks) {
   using V = vec_t<T>;
   constexpr int L = Simd<T>::lanes;
   alignas(64) V acc[kChains];
   for (int c = 0; c < kChains; ++c) acc[c] = splat<V>(T(c) * T(1e-3));
   const V x = splat<V>(T(0.999999)), y = splat<V>(T(1e-7));
-  const long block = 1 << 16;
-  fma_block<T>(acc, x, y, block);  // warm-up: clocks ramp, code is paged in
-  const auto t0 = std::chrono::steady_clock::now();
-  double flops = 0, elapsed = 0;
-  do {
-    fma_block<T>(acc, x, y, block);
-    flops += static_cast<double>(block) * kChains * L * 2;
-    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  } while (elapsed < seconds);
+  const long block = 1 << 14;
+  for (long b = 0; b < blocks; ++b) fma_block<T>(acc, x, y, block);
   volatile T keep = acc[0][0];
   (void)keep;
-  return flops / elapsed * 1e-9;
+  return static_cast<double>(blocks) * block * kChains * L * 2;
 }
 
+// Sustained FMA throughput of `threads` threads running at once, GFLOP/s.
+// Every thread runs the same number of blocks between two barriers and the
+// rate is the flops of all of them over the wall time between the barriers,
+// as the GEMM's threads are timed: a team member that ran late or shared its
+// core lowers the figure instead of being added at its own solo rate.  The
+// block count is calibrated on one thread first so that a trial lasts about
+// `seconds`.
 double fma_peak(bool f64, double seconds, int threads) {
-  double total = 0;
+  using clock = std::chrono::steady_clock;
+  auto run = [f64](long blocks) { return f64 ? fma_run<double>(blocks) : fma_run<float>(blocks); };
+  run(8);  // warm-up: clocks ramp, code is paged in
+  long blocks = 8;
+  for (;;) {
+    const auto t0 = clock::now();
+    run(blocks);
+    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    if (dt > seconds / 8 || blocks > (1L << 40)) {
+      blocks = std::max(1L, static_cast<long>(static_cast<double>(blocks) * seconds / dt));
+      break;
+    }
+    blocks *= 4;
+  }
+  double total = 0, elapsed = 0;
   (void)threads;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads) reduction(+ : total)
 #endif
-  { total += f64 ? fma_loop<double>(seconds) : fma_loop<float>(seconds); }
-  return total;
+  {
+    clock::time_point t0;
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp master
+#endif
+    t0 = clock::now();
+    total += run(blocks);
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp master
+#endif
+    elapsed = std::chrono::duration<double>(clock::now() - t0).count();
+  }
+  return total / elapsed * 1e-9;
 }
 
 int micro_rows(bool f64) { return f64 ? GemmShape<double>::MR : GemmShape<float>::MR; }

@@ -169,6 +169,54 @@ struct CosineEpilogue {
   }
 };
 
+// Adds each tile, in double, to a row block of a double accumulator (the
+// long-k path of cosine_matrix).
+template <class T>
+struct AccumulateEpilogue {
+  double* c;  // the sums of the row block the GEMM was called on
+  index_t ldc;
+  template <int MR, int NV, class V>
+  inline void operator()(index_t i0, index_t j0, int mr, int nr, V (&acc)[MR][NV], int) {
+    constexpr int L = static_cast<int>(sizeof(V) / sizeof(T));
+    alignas(64) T t[MR * NV * L];
+    tile_to_array<MR, NV>(acc, t);
+    for (int r = 0; r < mr; ++r)
+      for (int j = 0; j < nr; ++j) c[(i0 + r) * ldc + j0 + j] += static_cast<double>(t[r * NV * L + j]);
+  }
+};
+
+// Dot products over more than kSumBlock terms: the GEMM runs once per block
+// of kSumBlock columns of a and b, and the block products are added in
+// double (as dot() does), over row blocks of the output that keep the double
+// sums within 32 MiB.  The GEMM alone accumulates the whole of k in T.
+template <class T>
+void cosine_matrix_long_k(const T* a, index_t m, const T* b, index_t n, index_t k, const T* inv_a, const T* inv_b,
+                          T* out, bool self) {
+  const index_t rows = std::max<index_t>(1, std::min<index_t>(m, (index_t(32) << 20) / (8 * n)));
+  std::vector<double> sums(static_cast<std::size_t>(rows * n));
+  for (index_t r0 = 0; r0 < m; r0 += rows) {
+    const index_t mr = std::min(rows, m - r0);
+    std::fill(sums.begin(), sums.begin() + mr * n, 0.0);
+    for (index_t k0 = 0; k0 < k; k0 += kSumBlock) {
+      AccumulateEpilogue<T> ep{sums.data(), n};
+      GemmOptions opt;
+      opt.independent_rows = true;
+      gemm_nt<T>(a + r0 * k + k0, k, b + k0, k, mr, n, std::min(kSumBlock, k - k0), ep, opt);
+    }
+    for (index_t i = 0; i < mr; ++i)
+      for (index_t j = 0; j < n; ++j) {
+        const index_t gi = r0 + i;
+        T s = clamp_keep_nan(static_cast<T>(sums[i * n + j] * static_cast<double>(inv_a[gi]) * static_cast<double>(inv_b[j])),
+                             T(-1), T(1));
+        if (self && gi == j) {
+          const T w = inv_a[gi];
+          s = (w != w) ? w : (w > T(0) ? T(1) : T(0));
+        }
+        out[gi * n + j] = s;
+      }
+  }
+}
+
 template <class T>
 void cosine_matrix(const T* a, index_t m, const T* b, index_t n, index_t k, T* out, bool self) {
   // The inverse norms live in this thread's scratch (no allocation per call).
@@ -177,6 +225,7 @@ void cosine_matrix(const T* a, index_t m, const T* b, index_t n, index_t k, T* o
   T* inv_b = self ? inv_a : inv_a + m;
   a = prepare_rows(a, m, k, inv_a, copy_a);
   b = self ? a : prepare_rows(b, n, k, inv_b, copy_b);
+  if (k > kSumBlock && sizeof(T) == 4) return cosine_matrix_long_k<T>(a, m, b, n, k, inv_a, inv_b, out, self);
   CosineEpilogue<T> ep{inv_a, inv_b, out, n, self};
   ep.streaming = static_cast<double>(m) * static_cast<double>(n) * sizeof(T) > 32.0 * 1024 * 1024;
   GemmOptions opt;
@@ -193,7 +242,7 @@ void cosine_matrix(const T* a, index_t m, const T* b, index_t n, index_t k, T* o
 // accumulators are written out: with them in arrays and a loop over them GCC 12
 // generated different code for the tail and changed the last bit of some rows.
 template <class T>
-inline void dot3(const T* x, const T* y, index_t n, T& xx, T& yy, T& xy) {
+inline void dot3_block(const T* x, const T* y, index_t n, T& xx, T& yy, T& xy) {
   using V = vec_t<T>;
   constexpr int L = Simd<T>::lanes;
   V a0{}, a1{}, a2{}, a3{}, b0{}, b1{}, b2{}, b3{}, c0{}, c1{}, c2{}, c3{};
@@ -228,6 +277,23 @@ inline void dot3(const T* x, const T* y, index_t n, T& xx, T& yy, T& xy) {
     yy += y[k] * y[k];
     xy += x[k] * y[k];
   }
+}
+
+// Long rows in blocks of kSumBlock terms whose sums are added in double, as dot() does.
+template <class T>
+inline void dot3(const T* x, const T* y, index_t n, T& xx, T& yy, T& xy) {
+  if (n <= kSumBlock) return dot3_block<T>(x, y, n, xx, yy, xy);
+  double sxx = 0, syy = 0, sxy = 0;
+  for (index_t k = 0; k < n; k += kSumBlock) {
+    T bxx, byy, bxy;
+    dot3_block<T>(x + k, y + k, std::min(kSumBlock, n - k), bxx, byy, bxy);
+    sxx += bxx;
+    syy += byy;
+    sxy += bxy;
+  }
+  xx = static_cast<T>(sxx);
+  yy = static_cast<T>(syy);
+  xy = static_cast<T>(sxy);
 }
 
 template <class T>

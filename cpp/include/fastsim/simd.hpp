@@ -178,7 +178,7 @@ inline T hsum(V v) {
 
 // Dot product of two contiguous arrays, several vector accumulators to hide FMA latency.
 template <class T>
-inline T dot(const T* a, const T* b, index_t n) {
+inline T dot_block(const T* a, const T* b, index_t n) {
   using V = vec_t<T>;
   constexpr int L = Simd<T>::lanes;
   V acc0{}, acc1{}, acc2{}, acc3{};
@@ -193,6 +193,23 @@ inline T dot(const T* a, const T* b, index_t n) {
   T s = hsum<T>((acc0 + acc1) + (acc2 + acc3));
   for (; k < n; ++k) s += a[k] * b[k];
   return s;
+}
+
+
+// Sums over more than kSumBlock terms are taken in blocks of kSumBlock, each
+// accumulated in T exactly as a short sum is, and the block sums are added in
+// double.  A float32 accumulator alone drifts on long vectors: at d = 5e8 the
+// cosine of two random vectors came out 0.396 instead of 0.289, as each
+// chain's running sum grew until the terms it took fell below its last bit.
+// Sums of at most kSumBlock terms (every usual embedding width) are unchanged.
+inline constexpr index_t kSumBlock = index_t(1) << 14;
+
+template <class T>
+inline T dot(const T* a, const T* b, index_t n) {
+  if (n <= kSumBlock) return dot_block<T>(a, b, n);
+  double s = 0;
+  for (index_t k = 0; k < n; k += kSumBlock) s += static_cast<double>(dot_block<T>(a + k, b + k, std::min(kSumBlock, n - k)));
+  return static_cast<T>(s);
 }
 
 }  // namespace FASTSIM_LEVEL
