@@ -59,7 +59,7 @@ def _top_k_impl(be: str, queries: np.ndarray, corpus: np.ndarray, k: int, exclud
     return _backend.numba_module("topk").top_k(queries, corpus, k, exclude_self)
 
 
-def top_k(queries, corpus, k, /, *, exclude_self: bool = False, backend: str = "auto"):
+def top_k(queries, corpus, /, k, *, exclude_self: bool = False, backend: str = "auto"):
     """The ``k`` corpus rows most cosine-similar to each query, best first.
 
     Parameters

@@ -10,11 +10,12 @@ from fastsim._reference import cosine as ref
 from .common import Case
 
 
-def numpy_normalize_matmul(a, b):
-    """What a NumPy user writes: normalize the rows, then one matmul."""
+def numpy_normalize_matmul(a, b, out=None):
+    """What a NumPy user writes: normalize the rows, then one matmul (into
+    ``out`` when the caller preallocated one, as ``np.matmul(..., out=)``)."""
     an = a / np.linalg.norm(a, axis=1, keepdims=True)
     bn = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return an @ bn.T
+    return np.matmul(an, bn.T, out=out)
 
 
 def _torch_runner():
@@ -46,13 +47,18 @@ def _matrix_case(m, n, d, dtype, seed=0):
             pass
         return inputs
 
+    # Every library in the form its users call it, results allocated by the
+    # call; then fastsim and NumPy again writing into a preallocated out.
     runners = {"numpy": lambda x: numpy_normalize_matmul(x["a"], x["b"])}
     for be in fastsim.available_backends():
         if be != "numpy":
-            runners[be] = lambda x, be=be: fastsim.cosine_similarity_matrix(x["a"], x["b"], out=x["out"], backend=be)
+            runners[be] = lambda x, be=be: fastsim.cosine_similarity_matrix(x["a"], x["b"], backend=be)
     torch_run = _torch_runner()
     if torch_run is not None:
         runners["torch"] = lambda x: torch_run(x).numpy()
+    if "cpp" in runners:
+        runners["cpp (out=)"] = lambda x: fastsim.cosine_similarity_matrix(x["a"], x["b"], out=x["out"], backend="cpp")
+    runners["numpy (out=)"] = lambda x: numpy_normalize_matmul(x["a"], x["b"], out=x["out"])
     return Case(
         op="cosine_matrix",
         shape=f"{m}x{d} @ {n}x{d}",

@@ -1,7 +1,7 @@
 """Siamese-pipeline cases: top-k retrieval and the encoder.
 
 * ``top_k``: fastsim's streaming top-k against what a NumPy user writes (the
-  full similarity matrix, ``argpartition``, then a sort of the k), and against
+  similarity matrix in blocks of queries, ``argpartition``, then a sort of the k), and against
   FAISS's exact ``IndexFlatIP`` on normalized vectors when it is installed
   (its index is built outside the timing; the queries are normalized inside).
 * ``encoder``: ids -> embedding -> LSTM -> mean -> normalize, the course's
@@ -21,15 +21,30 @@ from .common import Case, max_abs_error
 # --------------------------------------------------------------------------- top-k
 
 
-def numpy_full_topk(q, c, k):
-    """What a NumPy user writes: normalize, one matmul, argpartition, sort the k best."""
-    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+def numpy_chunked_topk(q, c, k, chunk_bytes=64 << 20):
+    """What a competent NumPy user writes: normalize the corpus once, then per
+    block of queries one matmul into a block of scores of about ``chunk_bytes``,
+    ``argpartition`` for the k best and a sort of those k.  (The full m x n
+    matrix took 9.8 GB and 594 s for 200 000 rows where this took 201 s.)"""
     cn = c / np.linalg.norm(c, axis=1, keepdims=True)
-    s = qn @ cn.T
-    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-    top = np.take_along_axis(s, part, axis=1)
-    order = np.argsort(-top, axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1), np.take_along_axis(part, order, axis=1)
+    block = max(1, chunk_bytes // (c.shape[0] * c.itemsize))
+    scores = np.empty((q.shape[0], k), dtype=np.result_type(q, c))
+    indices = np.empty((q.shape[0], k), dtype=np.int64)
+    for i in range(0, q.shape[0], block):
+        qb = q[i : i + block]
+        s = (qb / np.linalg.norm(qb, axis=1, keepdims=True)) @ cn.T
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(s, part, axis=1)
+        order = np.argsort(-top, axis=1, kind="stable")
+        scores[i : i + block] = np.take_along_axis(top, order, axis=1)
+        indices[i : i + block] = np.take_along_axis(part, order, axis=1)
+    return scores, indices
+
+
+def numpy_full_topk(q, c, k):
+    """The naive NumPy form: one full m x n matrix, then ``argpartition`` (for
+    bench/topk_memory.py, which shows what that matrix costs)."""
+    return numpy_chunked_topk(q, c, k, chunk_bytes=q.shape[0] * c.shape[0] * c.itemsize)
 
 
 def float64_topk_scores(q, c, k, block=128):
@@ -88,7 +103,7 @@ def _topk_case(m, n, d, k, dtype, seed=0):
             inputs["faiss"] = faiss_index(inputs["c"])
         return inputs
 
-    runners = {"numpy": lambda x: numpy_full_topk(x["q"], x["c"], k)}
+    runners = {"numpy": lambda x: numpy_chunked_topk(x["q"], x["c"], k)}
     avail = fastsim.available_backends()
     for be in ("numba", "cpp"):
         if be in fastsim.topk._SUPPORTED and be in avail:
