@@ -300,7 +300,7 @@ BAD_INPUT = [
             C("SiameseEncoder.encode", "a length 0", lambda be: _encoder().encode(_IDS, [0, 1], backend=be),
               ValueError, r"\blengths must lie within 1\.\.3"),
         ]),
-    Row("recurrent layers, `SiameseEncoder.encode`", "`lengths` not integers, or not one per sequence",
+    Row("recurrent layers, `SiameseEncoder.encode`", "`lengths` not whole numbers, or not one per sequence (floats holding whole values, `[5.0, 3.0]`, are taken as integers)",
         "`TypeError` (dtype) or `ValueError` (shape) naming `lengths`", [
             C("lstm_forward", "lengths 1.5", lambda be: _fwd("lstm_forward", be, lengths=[1.5, 2]),
               TypeError, r"\blengths must hold integers"),
@@ -770,6 +770,25 @@ def _replace_block(text, kind, block):
     return text[:start] + block + text[end:]
 
 
+@pytest.mark.parametrize(("dtype", "expected"), [(">f4", np.float32), ("<f4", np.float32), ("f2", np.float32),
+                                                 (">f8", np.float64), (">i4", np.float32), ("?", np.float32)])
+def test_byte_order_and_half_precision_keep_the_documented_result_dtype(dtype, expected):
+    rng = np.random.default_rng(3)
+    a = rng.random((6, 8)).astype(dtype)
+    b = rng.random((6, 8)).astype(dtype)
+    want = fastsim.cosine_similarity_matrix(a.astype(np.float64), b.astype(np.float64), backend="numpy")
+    for be in fastsim.available_backends():
+        results = [fastsim.cosine_similarity(a[0], b[0], backend=be),
+                   fastsim.cosine_similarity_rows(a, b, backend=be),
+                   fastsim.cosine_similarity_matrix(a, b, backend=be),
+                   fastsim.top_k(a, b, k=2, backend=be)[0],
+                   fastsim.modified_triplet_loss(a, b, backend=be),
+                   fastsim.modified_triplet_loss_grad(a, b, backend=be)[0]]
+        for r in results:
+            assert np.asarray(r).dtype == expected, (be, dtype)
+        np.testing.assert_allclose(results[2], want, atol=1e-5 if expected == np.float32 else 1e-12)
+
+
 def test_readme_tables_are_generated_from_this_file():
     text = README.read_text(encoding="utf-8")
     for rows, kind in ((BAD_INPUT, "bad-input"), (SPECIAL_VALUES, "special-values")):
@@ -788,3 +807,4 @@ if __name__ == "__main__":
         text = _replace_block(text, kind, render_table(rows, kind))
     README.write_text(text, encoding="utf-8")
     print(f"rewrote the tables in {README}")
+

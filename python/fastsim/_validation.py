@@ -37,10 +37,10 @@ _TooHardError = getattr(getattr(np, "exceptions", np), "TooHardError", RuntimeEr
 def _convert_dtype(dt: np.dtype, name: str) -> np.dtype:
     if dt is _F32 or dt is _F64 or dt == _F32 or dt == _F64:
         return dt
-    if dt.kind in "iub" or dt == np.float16:
-        return np.dtype(np.float32)
-    if dt.kind == "f":  # longdouble: keep the precision users asked for as far as we can
-        return np.dtype(np.float64)
+    if dt.kind in "iub" or (dt.kind == "f" and dt.itemsize <= 4):  # float16, and float32 of either byte order
+        return _F32
+    if dt.kind == "f":  # float64 of either byte order; longdouble: the precision users asked for, as far as we can
+        return _F64
     msg = f"{name} must hold real numbers (float32/float64, or integers/float16 converted to float32); got dtype {dt}"
     raise TypeError(msg)
 
