@@ -62,3 +62,13 @@ def assert_close(actual, expected, dtype, *, scale: float = 1.0, err_msg: str = 
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def rnn_projection():
+    """Force the compiled recurrent step form (1: inputs projected first, 0:
+    [x_t | h] per step; what FASTSIM_RNN_PROJECT sets at import) for one test."""
+    core = fastsim._backend.core()
+    before = core.rnn_projection()
+    yield core.set_rnn_projection
+    core.set_rnn_projection(before)

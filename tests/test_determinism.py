@@ -205,14 +205,14 @@ def test_tall_products_are_bitwise_across_thread_counts(restore_threads):
 @pytest.mark.skipif("cpp" not in fastsim.available_backends(), reason="compiled core not available")
 @pytest.mark.parametrize("project", ["0", "1"], ids=["x-in-step", "projected"])
 @pytest.mark.parametrize("cell", ["LSTM", "RNN"])
-def test_small_batch_steps_shared_by_threads(cell, project, monkeypatch, restore_threads):
+def test_small_batch_steps_shared_by_threads(cell, project, rnn_projection, restore_threads):
     # A few sequences with a wide hidden state: each step is too small for a
     # GEMM to fork threads by itself, so the threads are started once per
     # direction and split W_hh's columns with a barrier per step.  H = 160 for
     # the RNN gives 3 column panels (an uneven split); lengths make sequences
     # end early in both directions; the encoder reads a projected table.  With
     # x multiplied in the step, each member also stages its rows of x_{t+1}.
-    monkeypatch.setenv("FASTSIM_RNN_PROJECT", project)
+    rnn_projection(int(project))
     rng = np.random.default_rng(11)
     H = 128 if cell == "LSTM" else 160
     layer_cls = fastsim.LSTM if cell == "LSTM" else fastsim.RNN
@@ -250,13 +250,13 @@ def test_small_batch_steps_shared_by_threads(cell, project, monkeypatch, restore
 @pytest.mark.skipif("cpp" not in fastsim.available_backends(), reason="compiled core not available")
 @pytest.mark.parametrize("project", ["0", "1"], ids=["x-in-step", "projected"])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
-def test_large_batch_runs_in_lanes(cell, project, monkeypatch, restore_threads):
+def test_large_batch_runs_in_lanes(cell, project, rnn_projection, restore_threads):
     # Enough sequences to run in lanes of rows: 131 rows (not a multiple of
     # the 6-row register tile) make three lanes on two threads and four on
     # three, which the threads take one step at a time (T = 9).  The lanes
     # must see their own rows of x, lengths, initial states, outputs and
     # pooled sums, in both directions and both step forms.
-    monkeypatch.setenv("FASTSIM_RNN_PROJECT", project)
+    rnn_projection(int(project))
     rng = np.random.default_rng(12)
     B, T, D, H = 131, 9, 24, 40
     layer_cls = {"LSTM": fastsim.LSTM, "GRU": fastsim.GRU, "RNN": fastsim.RNN}[cell]

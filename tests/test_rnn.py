@@ -117,10 +117,10 @@ def test_layer_matches_reference(backend, dtype, kind, shape, stack):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("shape", [(1, 6, 5, 3), (7, 5, 9, 37), (13, 4, 1, 70)], ids=lambda s: "B{}T{}D{}H{}".format(*s))
-def test_both_step_forms_match_reference(monkeypatch, form, dtype, kind, shape):
+def test_both_step_forms_match_reference(rnn_projection, form, dtype, kind, shape):
     # The compiled LSTM and RNN either multiply [x_t | h] per step or project
     # every step's input first; the size decides, FASTSIM_RNN_PROJECT forces it.
-    monkeypatch.setenv("FASTSIM_RNN_PROJECT", form)
+    rnn_projection(int(form))
     B, T, D, H = shape
     rng = np.random.default_rng(zlib.crc32(repr((shape, kind, form)).encode()))
     layer = make_layer(kind, D, H, 2, True, dtype=dtype, seed=rng)

@@ -19,6 +19,10 @@ void bind_core(py::module_& m) {
   m.def("gemm_block_bytes", &fastsim::gemm_block_bytes, "Bytes of packed B one GEMM block may occupy (L2 budget).");
   m.def("set_gemm_block_bytes", &fastsim::set_gemm_block_bytes, py::arg("bytes"),
         "Set the GEMM L2 block budget in bytes; 0 restores the default (half the L2 cache).");
+  m.def("rnn_projection", &fastsim::rnn_projection,
+        "The recurrent step form: -1 by size, 1 inputs projected first, 0 [x_t | h] per step.");
+  m.def("set_rnn_projection", &fastsim::set_rnn_projection, py::arg("mode"),
+        "Force the recurrent step form (1 or 0) or let the size choose (-1).");
   m.def("compiler", []() { return std::string(FASTSIM_COMPILER); });
   m.def("micro_tile", [](bool f64) { return py::make_tuple(kernels().micro_rows(f64), kernels().micro_cols(f64)); },
         py::arg("f64") = false);

@@ -50,15 +50,10 @@ const KernelTable* find_table(const std::string& name) {
   return nullptr;
 }
 
-const KernelTable* initial_table() {
-  if (const char* env = std::getenv("FASTSIM_SIMD")) {
-    if (const KernelTable* t = find_table(env)) return t;
-  }
-  return tables().front();
-}
-
+// The best level; FASTSIM_SIMD is read by the Python layer (fastsim._env) and
+// applied through set_simd_level at import.
 std::atomic<const KernelTable*>& current() {
-  static std::atomic<const KernelTable*> c{initial_table()};
+  static std::atomic<const KernelTable*> c{tables().front()};
   return c;
 }
 

@@ -14,11 +14,9 @@
 namespace fastsim {
 namespace {
 
+// Every core; FASTSIM_NUM_THREADS is read by the Python layer (fastsim._env)
+// and applied through set_num_threads at import.
 int initial_threads() {
-  if (const char* env = std::getenv("FASTSIM_NUM_THREADS")) {
-    const int n = std::atoi(env);
-    if (n > 0) return n;
-  }
 #ifdef _OPENMP
   return std::max(1, omp_get_num_procs());
 #else
@@ -32,10 +30,6 @@ std::atomic<int>& thread_count() {
 }
 
 std::size_t default_block_bytes() {
-  if (const char* env = std::getenv("FASTSIM_GEMM_BLOCK_BYTES")) {
-    const long long n = std::atoll(env);
-    if (n > 0) return static_cast<std::size_t>(n);
-  }
   long l2 = -1;
 #ifdef _SC_LEVEL2_CACHE_SIZE
   l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
@@ -68,6 +62,17 @@ int num_threads() {
 }
 
 void set_num_threads(int n) { thread_count().store(std::max(1, n), std::memory_order_relaxed); }
+
+namespace {
+std::atomic<int>& projection_mode() {
+  static std::atomic<int> mode{-1};
+  return mode;
+}
+}  // namespace
+
+int rnn_projection() { return projection_mode().load(std::memory_order_relaxed); }
+
+void set_rnn_projection(int mode) { projection_mode().store(mode < 0 ? -1 : (mode ? 1 : 0), std::memory_order_relaxed); }
 
 bool openmp_enabled() {
 #ifdef _OPENMP

@@ -55,7 +55,7 @@ __all__ = [
     "triplet_loss",
 ]
 
-from ._backend import _init_threads_from_env as _init_threads
+from ._backend import _apply_env
 
-_init_threads()
-del _init_threads
+_apply_env()
+del _apply_env

@@ -9,10 +9,14 @@ not available raises ``ValueError`` naming it (never a silent fallback).
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 import os
 import platform
 import sys
 import warnings
+
+from . import _env
 
 BACKENDS = ("numpy", "numba", "cpp")
 
@@ -30,17 +34,12 @@ _numba_threads: int | None = None
 
 
 def _numba_available() -> bool:
+    """Whether Numba is installed (and not disabled), found without importing
+    it: importing Numba takes 0.3-0.6 s, which a process that only runs the
+    compiled kernels should not pay on its first ``backend="auto"`` call."""
     global _numba_ok
     if _numba_ok is None:
-        if os.environ.get("FASTSIM_DISABLE_NUMBA", "") not in ("", "0"):
-            _numba_ok = False
-        else:
-            try:
-                import numba  # noqa: F401
-            except ImportError:
-                _numba_ok = False
-            else:
-                _numba_ok = True
+        _numba_ok = not _env.DISABLE_NUMBA and importlib.util.find_spec("numba") is not None
     return _numba_ok
 
 
@@ -165,16 +164,20 @@ def get_num_threads() -> int:
     return os.cpu_count() or 1
 
 
-def _init_threads_from_env() -> None:
-    value = os.environ.get("FASTSIM_NUM_THREADS")
-    if not value:
+def _apply_env() -> None:
+    """Hand the ``FASTSIM_*`` settings read by ``fastsim._env`` to the kernels (at import)."""
+    if _env.NUM_THREADS is not None:
+        set_num_threads(_env.NUM_THREADS)
+    if _core is None:
         return
-    try:
-        n = int(value)
-    except ValueError:
-        msg = f"FASTSIM_NUM_THREADS must be a positive integer; got {value!r}"
-        raise ValueError(msg) from None
-    set_num_threads(n)
+    if _env.SIMD is not None:
+        if _env.SIMD == "best" or _env.SIMD in _core.simd_levels():
+            _core.set_simd_level(_env.SIMD)
+        else:
+            _env.warn_unknown_simd(list(_core.simd_levels()))
+    if _env.GEMM_BLOCK_BYTES is not None:
+        _core.set_gemm_block_bytes(_env.GEMM_BLOCK_BYTES)
+    _core.set_rnn_projection(-1 if _env.RNN_PROJECT is None else _env.RNN_PROJECT)
 
 
 # --------------------------------------------------------------------------- SIMD level
@@ -227,13 +230,13 @@ def info() -> dict:
         d.update(simd_level=None, simd_levels=[], num_threads=get_num_threads(), openmp=False,
                  core_error=str(_CORE_IMPORT_ERROR))
     if _numba_available():
-        import numba
-
-        d["numba"] = numba.__version__
+        d["numba"] = importlib.metadata.version("numba")
         if _numba_threads is not None:
             d["numba_threads"] = _numba_threads
         elif _numba_pool_started():
+            import numba
+
             d["numba_threads"] = numba.get_num_threads()
-        else:
-            d["numba_threads"] = int(numba.config.NUMBA_NUM_THREADS)
+        else:  # Numba's default, read as Numba reads it, without importing it
+            d["numba_threads"] = _env.NUMBA_NUM_THREADS or (os.cpu_count() or 1)
     return d

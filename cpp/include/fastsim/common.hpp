@@ -14,15 +14,21 @@ namespace fastsim {
 
 using index_t = std::ptrdiff_t;  // 64-bit: b = 65536 squared does not overflow
 
-// Number of worker threads the kernels may use (set from Python or
+// Number of worker threads the kernels may use (set from Python, which reads
 // FASTSIM_NUM_THREADS); defined in threads.cpp, compiled for the baseline ISA.
+// No kernel reads the environment: fastsim._env does, once.
 int num_threads();
 void set_num_threads(int n);
 bool openmp_enabled();
 
+// The recurrent layers' step form: -1 chooses by size, 1 projects every
+// step's input first, 0 multiplies [x_t | h] per step (FASTSIM_RNN_PROJECT).
+int rnn_projection();
+void set_rnn_projection(int mode);
+
 // Bytes of packed B a GEMM block may occupy (it must stay in the per-core L2
 // while the A micro-panels stream past it): half the L2 reported by the OS,
-// or FASTSIM_GEMM_BLOCK_BYTES, or set_gemm_block_bytes (0 restores the default).
+// or set_gemm_block_bytes (FASTSIM_GEMM_BLOCK_BYTES through the Python layer) (0 restores the default).
 std::size_t gemm_block_bytes();
 void set_gemm_block_bytes(std::size_t bytes);
 

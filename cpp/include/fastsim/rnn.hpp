@@ -797,16 +797,13 @@ void rnn_steps(const RnnWeights<T>& w, const StepInput<T>& in, index_t B, index_
 // of a small batch is bound by (B = 1: twice as fast); for large batches the
 // two are equal.  XW lives in per-thread scratch, so it is only used up to
 // kProjectBytes; beyond, the steps multiply [x_t | h] and need no buffer.
-// FASTSIM_RNN_PROJECT=0 or 1 forces either way (the tests run both).
+// set_rnn_projection (FASTSIM_RNN_PROJECT=0 or 1) forces either way (the tests run both).
 inline constexpr std::size_t kProjectBytes = std::size_t(64) << 20;
 
 template <class T>
 inline bool project_inputs_first(const RnnWeights<T>& w, index_t B, index_t T_len) {
   if (w.cell == Cell::GRU) return true;  // its n gate needs the input part apart
-  if (const char* e = std::getenv("FASTSIM_RNN_PROJECT")) {
-    if (e[0] == '0') return false;
-    if (e[0] == '1') return true;
-  }
+  if (const int forced = rnn_projection(); forced >= 0) return forced == 1;
   const double bytes = static_cast<double>(B) * static_cast<double>(T_len) * static_cast<double>(w.cols) * sizeof(T);
   return bytes <= static_cast<double>(kProjectBytes);
 }
