@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "gemm.hpp"
@@ -34,6 +35,34 @@ struct SafeRange<double> {
   static constexpr double min = 0x1p-600, max = 0x1p600;
 };
 
+// Row passes (norms, row-wise cosines, positives) fork threads only above
+// this many elements: below it a fork costs more than the pass.
+inline constexpr index_t kRowPassForkElements = index_t(1) << 18;
+
+// The cosine of two rows from their dot product and inverse norms, clamped
+// to [-1, 1] with NaN kept: the one formula every cosine tile (matrix,
+// top-k, triplet, range search) applies, for vectors and scalars alike.
+template <class V>
+inline V unit_score(V dot, V inv_x, V inv_y) {
+  if constexpr (std::is_floating_point_v<V>) {
+    return clamp_keep_nan(dot * inv_x * inv_y, V(-1), V(1));
+  } else {
+    using T = std::remove_cv_t<std::remove_reference_t<decltype(dot[0])>>;
+    return clamp_keep_nan(dot * inv_x * inv_y, splat<V>(T(-1)), splat<V>(T(1)));
+  }
+}
+
+// The binary exponent e of a row's largest |entry| (peak = m 2^e, m in
+// [0.5, 1)): scaling the row by 2^-e is exact and brings it into range.
+template <class T>
+inline int peak_exponent(const T* row, index_t k) {
+  T peak = 0;
+  for (index_t j = 0; j < k; ++j) peak = std::max(peak, std::abs(row[j]));
+  int e = 0;
+  std::frexp(peak, &e);
+  return e;
+}
+
 // The inverse norm of one row from its sum of squares s (in T): 1/sqrt(s)
 // inside the safe range, 0 for a zero row, NaN for a row holding NaN or inf,
 // and -1 (a flag) for a finite row outside the range, which needs rescaling.
@@ -53,10 +82,7 @@ inline T classify_row(const T* row, index_t k, T s) {
 // only the exponents change); returns the inverse norm of dst.
 template <class T>
 inline T rescale_row(const T* row, index_t k, T* dst) {
-  T peak = 0;
-  for (index_t j = 0; j < k; ++j) peak = std::max(peak, std::abs(row[j]));
-  int e = 0;
-  std::frexp(peak, &e);
+  const int e = peak_exponent(row, k);
   for (index_t j = 0; j < k; ++j) dst[j] = std::ldexp(row[j], -e);
   return static_cast<T>(1.0 / std::sqrt(static_cast<double>(dot<T>(dst, dst, k))));
 }
@@ -72,7 +98,7 @@ template <class T>
 bool inverse_row_norms(const T* a, index_t lda, index_t m, index_t k, T* inv) {
   constexpr index_t kBlock = 64;
   const index_t n_blocks = (m + kBlock - 1) / kBlock;
-  const int nt = (m * k > (1 << 18)) ? num_threads() : 1;
+  const int nt = (m * k > kRowPassForkElements) ? num_threads() : 1;
   (void)nt;
   int flagged = 0;
 #ifdef _OPENMP
@@ -135,14 +161,13 @@ struct CosineEpilogue {
   template <int MR, int NV, class V>
   inline void operator()(index_t i0, index_t j0, int mr, int nr, V (&acc)[MR][NV], int) {
     constexpr int L = static_cast<int>(sizeof(V) / sizeof(T));
-    const V one = splat<V>(T(1)), minus_one = splat<V>(T(-1));
     if (mr == MR && nr == NV * L) {
       V rb[NV];
       for (int v = 0; v < NV; ++v) rb[v] = load<V>(inv_b + j0 + v * L);
       for (int r = 0; r < MR; ++r) {
         const V ra = splat<V>(inv_a[i0 + r]);
         for (int v = 0; v < NV; ++v) {
-          const V s = clamp_keep_nan(acc[r][v] * ra * rb[v], minus_one, one);
+          const V s = unit_score(acc[r][v], ra, rb[v]);
           if (streaming)
             store_stream(c + (i0 + r) * ldc + j0 + v * L, s);
           else
@@ -155,7 +180,7 @@ struct CosineEpilogue {
       for (int r = 0; r < mr; ++r) {
         const T ra = inv_a[i0 + r];
         for (int j = 0; j < nr; ++j)
-          c[(i0 + r) * ldc + j0 + j] = clamp_keep_nan(t[r * NV * L + j] * ra * inv_b[j0 + j], T(-1), T(1));
+          c[(i0 + r) * ldc + j0 + j] = unit_score(t[r * NV * L + j], ra, inv_b[j0 + j]);
       }
     }
     if (self_diag) {
@@ -206,8 +231,7 @@ void cosine_matrix_long_k(const T* a, index_t m, const T* b, index_t n, index_t 
     for (index_t i = 0; i < mr; ++i)
       for (index_t j = 0; j < n; ++j) {
         const index_t gi = r0 + i;
-        T s = clamp_keep_nan(static_cast<T>(sums[i * n + j] * static_cast<double>(inv_a[gi]) * static_cast<double>(inv_b[j])),
-                             T(-1), T(1));
+        T s = static_cast<T>(unit_score(sums[i * n + j], static_cast<double>(inv_a[gi]), static_cast<double>(inv_b[j])));
         if (self && gi == j) {
           const T w = inv_a[gi];
           s = (w != w) ? w : (w > T(0) ? T(1) : T(0));
@@ -298,7 +322,7 @@ inline void dot3(const T* x, const T* y, index_t n, T& xx, T& yy, T& xy) {
 
 template <class T>
 void cosine_rows(const T* a, const T* b, index_t n, index_t k, T* out) {
-  const int nt = (n * k > (1 << 18)) ? num_threads() : 1;
+  const int nt = (n * k > kRowPassForkElements) ? num_threads() : 1;
   (void)nt;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
@@ -329,7 +353,7 @@ void cosine_rows(const T* a, const T* b, index_t n, index_t k, T* out) {
     else if (ix == T(0) || iy == T(0))
       s = 0.0;
     else
-      s = clamp_keep_nan(static_cast<double>(sxy) * static_cast<double>(ix) * static_cast<double>(iy), -1.0, 1.0);
+      s = unit_score(static_cast<double>(sxy), static_cast<double>(ix), static_cast<double>(iy));
     out[i] = static_cast<T>(s);
   }
 }

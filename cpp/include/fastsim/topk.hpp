@@ -77,7 +77,6 @@ struct TopKEpilogue {
     if (mr == MR && nr == NR && !crosses_diag) {
       V rb[NV];
       for (int v = 0; v < NV; ++v) rb[v] = load<V>(inv_c + j0 + v * L);
-      const V lo = splat<V>(T(-1)), hi = splat<V>(T(1));
       for (int r = 0; r < MR; ++r) {
         const index_t i = i0 + r;
         const index_t slot = static_cast<index_t>(thread) * m + i;
@@ -87,7 +86,7 @@ struct TopKEpilogue {
         V s[NV];
         V pass{};
         for (int v = 0; v < NV; ++v) {
-          s[v] = clamp_keep_nan(acc[r][v] * ra * rb[v], lo, hi);
+          s[v] = unit_score(acc[r][v], ra, rb[v]);
           pass = (s[v] > thr) ? splat<V>(T(1)) : pass;
         }
         bool any = !full;
@@ -106,7 +105,7 @@ struct TopKEpilogue {
         for (int jj = 0; jj < nr; ++jj) {
           const index_t j = j0 + jj;
           if (exclude_self && j == i) continue;
-          push(thread, i, clamp_keep_nan(t[r * NR + jj] * inv_q[i] * inv_c[j], T(-1), T(1)), j);
+          push(thread, i, unit_score(t[r * NR + jj], inv_q[i], inv_c[j]), j);
         }
       }
     }

@@ -33,7 +33,7 @@ enum class EmptyMode : int { Shift = 0, Floor = 1 };
 // negative equal to the positive compares equal, as the spec requires.
 template <class T>
 inline T positive_score(const T* x, const T* y, index_t k, T inv_x, T inv_y, int chains) {
-  return clamp_keep_nan(tile_dot(x, y, k, chains) * inv_x * inv_y, T(-1), T(1));
+  return unit_score(tile_dot(x, y, k, chains), inv_x, inv_y);
 }
 
 template <class T>
@@ -69,7 +69,7 @@ struct TripletEpilogue {
         for (int j = 0; j < nr; ++j) pad[j] = inv_b[j0 + j];
         for (int v = 0; v < NV; ++v) rb[v] = load<V>(pad + v * L);
       }
-      const V lo = splat<V>(T(-1)), hi = splat<V>(T(1)), below = splat<V>(T(-4)), zero = V{};
+      const V below = splat<V>(T(-4)), zero = V{};
       for (int r = 0; r < mr; ++r) {
         const index_t i = i0 + r;
         // Lanes that are no negative: the positive's column (when the tile
@@ -79,7 +79,7 @@ struct TripletEpilogue {
         const V pos = splat<V>(st.positive[i]);
         V s[NV], sum = V{}, mx = below, cand = below;
         for (int v = 0; v < NV; ++v) {
-          s[v] = clamp_keep_nan(acc[r][v] * ra * rb[v], lo, hi);
+          s[v] = unit_score(acc[r][v], ra, rb[v]);
           const bool has_diag = diag >= v * L && diag < (v + 1) * L;
           if (has_diag || (v + 1) * L > nr) {
             const IV skip = (lane == static_cast<I>(has_diag ? diag - v * L : -1)) |
@@ -164,7 +164,7 @@ void triplet_positives(const T* v1, const T* v2, index_t b, index_t d, const T* 
       for (int r = 0; r < rows; ++r) {
         T a = part[r];
         for (index_t k2 = kk; k2 < d; ++k2) a = fmadd(v2[(i + r) * d + k2], v1[(i + r) * d + k2], a);
-        positive[i + r] = clamp_keep_nan(a * inv2[i + r] * inv1[i + r], T(-1), T(1));
+        positive[i + r] = unit_score(a, inv2[i + r], inv1[i + r]);
       }
     }
   }
@@ -213,6 +213,28 @@ void triplet_forward(const T* v1, const T* v2, index_t b, index_t d, EmptyMode e
       }
     }
   }
+}
+
+// The cost alone: the forward pass, then L1 + L2 of every row, rounded to T
+// as the per-row losses are, summed in double (as the Python layer sums a
+// float32 loss vector), divided by b for the mean.  max(x, 0) keeps NaN, as
+// numpy.maximum does.
+template <class T>
+double triplet_cost(const T* v1, const T* v2, index_t b, index_t d, EmptyMode empty, double margin, bool mean) {
+  T* parts = scratch<T>(kScratchKernel, static_cast<std::size_t>(3 * b));
+  int64_t* idx = scratch<int64_t>(kScratchInput, static_cast<std::size_t>(b));
+  T* pos = parts;
+  T* mean_neg = pos + b;
+  T* closest = mean_neg + b;
+  triplet_forward<T>(v1, v2, b, d, empty, pos, mean_neg, closest, idx);
+  const T m = static_cast<T>(margin);
+  double total = 0;
+  for (index_t i = 0; i < b; ++i) {
+    const T x1 = mean_neg[i] - pos[i] + m, x2 = closest[i] - pos[i] + m;
+    const T l1 = x1 < T(0) ? T(0) : x1, l2 = x2 < T(0) ? T(0) : x2;
+    total += static_cast<double>(static_cast<T>(l1 + l2));
+  }
+  return mean ? total / static_cast<double>(b) : total;
 }
 
 // Hard negatives of a precomputed square score matrix (rows at stride ld),
@@ -294,7 +316,7 @@ void hard_negatives_matrix(const T* sim, index_t ld, index_t b, EmptyMode empty,
       }
     }
   };
-  const int nt = (b * b > (1 << 18)) ? num_threads() : 1;
+  const int nt = (b * b > kRowPassForkElements) ? num_threads() : 1;
   (void)nt;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
@@ -330,8 +352,7 @@ inline void unit_factors(const T* x, index_t d, double& pre, double& post) {
     post = 0.0;
     return;
   }
-  int e = 0;
-  std::frexp(peak, &e);
+  const int e = peak_exponent(x, d);  // of the same peak, taken in T
   const int e1 = e / 2, e2 = e - e1;
   double s2 = 0;
   for (index_t k = 0; k < d; ++k) {

@@ -73,9 +73,9 @@ inline V vexp(V x) {
   if constexpr (sizeof(V) == 64) {
     (void)nan_mask_src;
     if constexpr (std::is_same_v<T, float>)
-      return reinterpret_cast<V>(_mm512_scalef_ps(reinterpret_cast<__m512>(p), reinterpret_cast<__m512>(n)));
+      return reinterpret_cast<V>(_mm512_maskz_scalef_ps(__mmask16(0xFFFF), reinterpret_cast<__m512>(p), reinterpret_cast<__m512>(n)));
     else
-      return reinterpret_cast<V>(_mm512_scalef_pd(reinterpret_cast<__m512d>(p), reinterpret_cast<__m512d>(n)));
+      return reinterpret_cast<V>(_mm512_maskz_scalef_pd(__mmask8(0xFF), reinterpret_cast<__m512d>(p), reinterpret_cast<__m512d>(n)));
   }
 #endif
   VI ni = __builtin_convertvector(n, VI);
