@@ -300,7 +300,9 @@ BAD_INPUT = [
             C("SiameseEncoder.encode", "a length 0", lambda be: _encoder().encode(_IDS, [0, 1], backend=be),
               ValueError, r"\blengths must lie within 1\.\.3"),
         ]),
-    Row("recurrent layers, `SiameseEncoder.encode`", "`lengths` not whole numbers, or not one per sequence (floats holding whole values, `[5.0, 3.0]`, are taken as integers)",
+    Row("recurrent layers, `SiameseEncoder.encode`",
+        "`lengths` not whole numbers, or not one per sequence (floats holding whole values, `[5.0, 3.0]`, "
+        "are taken as integers)",
         "`TypeError` (dtype) or `ValueError` (shape) naming `lengths`", [
             C("lstm_forward", "lengths 1.5", lambda be: _fwd("lstm_forward", be, lengths=[1.5, 2]),
               TypeError, r"\blengths must hold integers"),
@@ -700,7 +702,7 @@ SPECIAL_VALUES = [
 def _params(rows, with_exc):
     out = []
     for r, row in enumerate(rows):
-        for c, case in enumerate(row.cases):
+        for case in row.cases:
             ident = f"{r:02d}-{case.function}-{case.bad_input}".replace(" ", "_")
             backends = case.backends if case.uses_backend else ("-",)
             for be in backends:

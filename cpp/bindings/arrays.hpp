@@ -1,6 +1,8 @@
-// Array intake for the bindings: the Python layer already converts and
-// validates; these checks make the C++ entry points safe on their own
-// (never trust a caller with raw pointers).
+// Array intake for the bindings: the Python layer converts and validates
+// every argument (fastsim._validation, one place for every backend); these
+// checks only make the C++ entry points safe on their own (never trust a
+// caller with raw pointers).  Results the bindings allocate come from
+// new_result, which is NumPy's allocator.
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -69,61 +71,6 @@ inline T* mptr(py::array& a) {
   return static_cast<T*>(a.mutable_data());
 }
 
-// Plain arrays, for the fast paths that check everything themselves and hand
-// anything unusual back to the Python layer (see bind_cosine.cpp): an exact
-// numpy.ndarray (no subclass).
-inline bool is_plain_array(const py::handle& h) {
-  static PyTypeObject* const ndarray = reinterpret_cast<PyTypeObject*>(
-      py::object(py::module_::import("numpy").attr("ndarray")).release().ptr());
-  return Py_TYPE(h.ptr()) == ndarray;
-}
-
-// C-contiguous and aligned.
-inline bool plain_layout(const py::array& a) {
-  constexpr int need = py::array::c_style | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
-  return (a.flags() & need) == need;
-}
-
-// 2-D, C-contiguous, aligned, with at least one row and one column.
-inline bool plain_2d(const py::array& a) {
-  return a.ndim() == 2 && plain_layout(a) && a.shape(0) > 0 && a.shape(1) > 0;
-}
-
-inline bool bytes_overlap(const py::array& x, const py::array& y) {
-  const auto* x0 = static_cast<const char*>(x.data());
-  const auto* y0 = static_cast<const char*>(y.data());
-  return x0 < y0 + y.nbytes() && y0 < x0 + x.nbytes();
-}
-
-// A caller's `out` usable as it is: a plain ndarray of exactly `shape` and
-// the dtype of `like`, C-contiguous, aligned, writeable, sharing no byte with
-// `a` or `b`.  On success it is stored in `out`.
-inline bool plain_out(const py::object& out_obj, std::initializer_list<index_t> shape, const py::array& like,
-                      const py::array& a, const py::array& b, py::array& out) {
-  if (!is_plain_array(out_obj)) return false;
-  auto o = py::reinterpret_borrow<py::array>(out_obj);
-  if (o.ndim() != static_cast<py::ssize_t>(shape.size())) return false;
-  int axis = 0;
-  for (index_t extent : shape)
-    if (o.shape(axis++) != extent) return false;
-  if (!o.dtype().is(like.dtype()) || !plain_layout(o) || !o.writeable() || bytes_overlap(o, a) ||
-      bytes_overlap(o, b))
-    return false;
-  out = std::move(o);
-  return true;
-}
-
-// 4 for float32, 8 for float64, 0 for any other dtype (byte-swapped ones
-// included): dtype identity, NumPy hands out one descriptor per builtin type.
-// The descriptors are kept for the life of the process (no destructor may run
-// after the interpreter).
-inline int plain_float_size(const py::array& a) {
-  static PyObject* const f32 = py::dtype::of<float>().release().ptr();
-  static PyObject* const f64 = py::dtype::of<double>().release().ptr();
-  const py::dtype dt = a.dtype();
-  return dt.ptr() == f32 ? 4 : (dt.ptr() == f64 ? 8 : 0);
-}
-
 // A fresh C-contiguous result, allocated where every fastsim result is
 // allocated: fastsim._validation.empty_aligned (NumPy's allocator, which
 // offers arrays of 4 MiB and more to transparent huge pages, with the data
@@ -145,6 +92,30 @@ py::array new_result(std::initializer_list<index_t> shape) {
   py::tuple py_shape(dims.size());
   for (std::size_t i = 0; i < dims.size(); ++i) py_shape[i] = py::int_(dims[i]);
   return py::reinterpret_borrow<py::function>(empty_aligned)(py_shape, py::dtype::of<T>());
+}
+
+// A caller's out (already checked by the Python layer: shape, dtype, layout,
+// no overlap) made safe to write here: the right number of dimensions,
+// extents, dtype, C-contiguous, writeable.
+inline void check_out_array(const py::array& out, DType t, int ndim) {
+  require_ndim(out, ndim, "out");
+  require_c_contiguous(out, "out");
+  require_writeable(out, "out");
+  require_same_dtype(out, t, "out");
+}
+
+// `out` when the caller passed one (checked as above, and of `shape`), else
+// a fresh result (new_result).
+template <class T>
+py::array result_or_out(const py::object& out_obj, std::initializer_list<index_t> shape) {
+  if (out_obj.is_none()) return new_result<T>(shape);
+  if (!py::isinstance<py::array>(out_obj)) throw py::type_error("out must be a numpy.ndarray or None");
+  auto out = py::reinterpret_borrow<py::array>(out_obj);
+  check_out_array(out, sizeof(T) == 4 ? DType::F32 : DType::F64, static_cast<int>(shape.size()));
+  int axis = 0;
+  for (index_t extent : shape)
+    if (out.shape(axis++) != extent) throw std::invalid_argument("out has the wrong shape");
+  return out;
 }
 
 // The NumPy scalar type of T (numpy.float32 or numpy.float64), kept for the

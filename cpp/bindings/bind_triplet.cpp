@@ -38,49 +38,19 @@ py::tuple forward_t(py::array& v1, py::array& v2, int empty) {
   return py::make_tuple(positive, mean_neg, closest, closest_idx);
 }
 
-// The reduced cost in one call: the forward pass, then the hinges and their
-// sum (in double, like the Python path) without building a single Python array.
+// The reduced cost (the kernel computes the hinges and their sum).
 template <class T>
-double cost_t(py::array& v1, py::array& v2, double margin, int empty, bool mean) {
+py::object cost_t(py::array& v1, py::array& v2, double margin, int empty, bool mean) {
   const index_t b = v1.shape(0), d = v1.shape(1);
   const T* p1 = cptr<T>(v1);
   const T* p2 = cptr<T>(v2);
-  auto fn = typed_kernels<T>().triplet_forward;
-  py::gil_scoped_release release;  // only memory owned by this frame and the caller's arrays
-  std::vector<T> parts(static_cast<std::size_t>(3 * b));
-  std::vector<int64_t> idx(static_cast<std::size_t>(b));
-  T* pos = parts.data();
-  T* mean_neg = pos + b;
-  T* closest = mean_neg + b;
-  fn(p1, p2, b, d, empty, pos, mean_neg, closest, idx.data());
-  const T m = static_cast<T>(margin);
-  double total = 0;
-  for (index_t i = 0; i < b; ++i) {
-    // max(x, 0) that keeps NaN, as numpy.maximum does
-    const T x1 = mean_neg[i] - pos[i] + m, x2 = closest[i] - pos[i] + m;
-    const T l1 = x1 < T(0) ? T(0) : x1, l2 = x2 < T(0) ? T(0) : x2;
-    total += static_cast<double>(static_cast<T>(l1 + l2));
+  auto fn = typed_kernels<T>().triplet_cost;
+  double cost;
+  {
+    py::gil_scoped_release release;  // only the caller's arrays, held by this frame
+    cost = fn(p1, p2, b, d, empty, margin, mean);
   }
-  return mean ? total / static_cast<double>(b) : total;
-}
-
-// modified_triplet_loss's cost for plain arrays, checked here: v1 and v2
-// exact ndarrays of one float dtype and shape (b >= 2, d >= 1), C-contiguous
-// and aligned.  Returns the NumPy scalar of that dtype, or None when the call
-// needs the general path (conversions, documented errors).
-py::object triplet_cost_fast(const py::object& v1_obj, const py::object& v2_obj, double margin, int empty,
-                             bool mean) {
-  if (!is_plain_array(v1_obj) || !is_plain_array(v2_obj) || (empty != 0 && empty != 1)) return py::none();
-  auto v1 = py::reinterpret_borrow<py::array>(v1_obj);
-  auto v2 = py::reinterpret_borrow<py::array>(v2_obj);
-  if (!plain_2d(v1) || !plain_2d(v2) || v1.shape(0) < 2 || v1.shape(0) != v2.shape(0) ||
-      v1.shape(1) != v2.shape(1) || !v1.dtype().is(v2.dtype()))
-    return py::none();
-  switch (plain_float_size(v1)) {
-    case 4: return numpy_scalar_type<float>()(cost_t<float>(v1, v2, margin, empty, mean));
-    case 8: return numpy_scalar_type<double>()(cost_t<double>(v1, v2, margin, empty, mean));
-    default: return py::none();
-  }
+  return numpy_scalar_type<T>()(cost);
 }
 
 template <class T>
@@ -103,7 +73,7 @@ py::tuple hard_negatives_t(py::array& sim, int empty) {
 
 template <class T>
 py::tuple backward_t(py::array& v1, py::array& v2, py::array& closest_idx, py::array& active1, py::array& active2,
-                     py::object& weight) {
+                     py::array& weight) {
   const index_t b = v1.shape(0), d = v1.shape(1);
   auto check_vec = [b](py::array& a, const char* name, py::dtype dt) {
     require_ndim(a, 1, name);
@@ -117,16 +87,11 @@ py::tuple backward_t(py::array& v1, py::array& v2, py::array& closest_idx, py::a
   const int64_t* idx = cptr<int64_t>(closest_idx);
   for (index_t i = 0; i < b; ++i)
     if (idx[i] < -1 || idx[i] >= b) throw std::invalid_argument("closest_idx out of range");
-  // One weight for every row (a float) or one per row (an array of b).
-  std::vector<double> weights(static_cast<std::size_t>(b));
-  if (py::isinstance<py::float_>(weight) || py::isinstance<py::int_>(weight)) {
-    std::fill(weights.begin(), weights.end(), weight.cast<double>());
-  } else {
-    auto wa = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(weight);
-    if (!wa || wa.ndim() != 1 || wa.shape(0) != b)
-      throw std::invalid_argument("weight must be a float or an array of one weight per row");
-    std::copy(wa.data(), wa.data() + b, weights.begin());
-  }
+  require_ndim(weight, 1, "weight");
+  require_c_contiguous(weight, "weight");
+  if (weight.shape(0) != b) throw std::invalid_argument("weight must have one entry per row");
+  if (!weight.dtype().equal(py::dtype::of<double>())) throw py::type_error("weight must be float64");
+  const double* weights = cptr<double>(weight);
   py::array_t<T> g1({b, d}), g2({b, d});
   const T* p1 = cptr<T>(v1);
   const T* p2 = cptr<T>(v2);
@@ -137,7 +102,7 @@ py::tuple backward_t(py::array& v1, py::array& v2, py::array& closest_idx, py::a
   auto fn = typed_kernels<T>().triplet_backward;
   {
     py::gil_scoped_release release;  // every array is owned by this frame
-    fn(p1, p2, b, d, idx, a1, a2, weights.data(), pg1, pg2);
+    fn(p1, p2, b, d, idx, a1, a2, weights, pg1, pg2);
   }
   return py::make_tuple(g1, g2);
 }
@@ -179,19 +144,15 @@ void bind_triplet(py::module_& m) {
       },
       py::arg("v1"), py::arg("v2"), py::arg("margin"), py::arg("empty"), py::arg("mean"),
       "sum_i (or mean_i) of L1_i + L2_i, accumulated in double; the caller casts to the input dtype.");
-  m.def("triplet_cost_fast", &triplet_cost_fast, py::arg("v1"), py::arg("v2"), py::arg("margin"), py::arg("empty"),
-        py::arg("mean"),
-        "triplet_cost for plain float32/float64 arrays, checked here, as a NumPy scalar of their dtype; None "
-        "when the call needs the general path.");
   m.def(
       "triplet_backward",
-      [](py::array v1, py::array v2, py::array closest_idx, py::array active1, py::array active2, py::object weight) {
+      [](py::array v1, py::array v2, py::array closest_idx, py::array active1, py::array active2, py::array weight) {
         check_pair(v1, v2);
         return dtype_of(v1, "v1") == DType::F32 ? backward_t<float>(v1, v2, closest_idx, active1, active2, weight)
                                                  : backward_t<double>(v1, v2, closest_idx, active1, active2, weight);
       },
       py::arg("v1"), py::arg("v2"), py::arg("closest_idx"), py::arg("active1"), py::arg("active2"),
-      py::arg("weight"), "Gradient (d cost/d v1, d cost/d v2) of sum_i weight_i * (L1_i + L2_i); weight is a float or (b,).");
+      py::arg("weight"), "Gradient (d cost/d v1, d cost/d v2) of sum_i weight_i * (L1_i + L2_i); weight is (b,) float64.");
 }
 
 }  // namespace fastsim::bind

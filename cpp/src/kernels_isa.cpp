@@ -112,6 +112,11 @@ void triplet_forward_entry(const T* v1, const T* v2, index_t b, index_t d, int e
 }
 
 template <class T>
+double triplet_cost_entry(const T* v1, const T* v2, index_t b, index_t d, int empty_mode, double margin, bool mean) {
+  return triplet_cost<T>(v1, v2, b, d, empty_mode == 1 ? EmptyMode::Floor : EmptyMode::Shift, margin, mean);
+}
+
+template <class T>
 void hard_negatives_entry(const T* sim, index_t ld, index_t b, int empty_mode, T* positive, T* mean_neg, T* closest,
                           int64_t* closest_idx) {
   hard_negatives_matrix<T>(sim, ld, b, empty_mode == 1 ? EmptyMode::Floor : EmptyMode::Shift, positive, mean_neg,
@@ -175,7 +180,7 @@ template <class T>
 constexpr TypedKernels<T> typed() {
   return TypedKernels<T>{&cosine_matrix<T>, &cosine_rows<T>, &gemm_nt_plain<T>, &triplet_forward_entry<T>,
                          &hard_negatives_entry<T>, &triplet_backward<T>, &top_k<T>, &vec_math<T>, &rnn_create<T>, &rnn_destroy<T>, &rnn_run<T>,
-                         &rnn_project<T>, &rnn_cols<T>, &rnn_run_ids<T>};
+                         &rnn_project<T>, &rnn_cols<T>, &rnn_run_ids<T>, &triplet_cost_entry<T>};
 }
 
 }  // namespace

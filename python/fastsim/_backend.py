@@ -74,6 +74,8 @@ def resolve(backend: str, supported: tuple[str, ...] = BACKENDS) -> str:
 
     ``supported`` lists the backends the calling operation implements.
     """
+    if type(backend) is str and backend == "auto" and _core is not None and "cpp" in supported:
+        return "cpp"  # the common call, first
     if not isinstance(backend, str):
         msg = f"backend must be a str, one of 'auto', {', '.join(map(repr, BACKENDS))}; got {type(backend).__name__}"
         raise TypeError(msg)
@@ -110,17 +112,6 @@ def numba_module(area: str):
 def core():
     """The compiled module; only call after ``resolve`` returned ``"cpp"``."""
     return _core
-
-
-def fast_core(backend):
-    """The compiled module when a call with this ``backend`` argument may take a
-    compiled fast path (``"cpp"``, or ``"auto"``, which resolves to it whenever
-    the module is loaded), else None.  A fast path checks its arrays itself
-    and answers None for anything the general path must convert or refuse;
-    anything but a plain ``str`` backend is left to :func:`resolve`."""
-    if _core is not None and type(backend) is str and (backend == "cpp" or backend == "auto"):
-        return _core
-    return None
 
 
 # --------------------------------------------------------------------------- threads

@@ -1,18 +1,24 @@
-"""Cosine similarity: one pair, row-wise pairs, and the full matrix of two batches."""
+"""Cosine similarity: one pair, row-wise pairs, and the full matrix of two batches.
+
+One route per function: the arguments are converted and checked here (by
+``fastsim._validation``), the backend is resolved, and the kernel is called
+once.  The compiled entry points allocate a result when ``out`` is None
+(``_validation.empty_aligned``, as the other backends' results are).
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _backend
 from ._reference import cosine as _ref
-from ._validation import (as_float_array, check_out, check_same_columns, check_same_shape, contiguous, empty_aligned,
-                          result_dtype)
+from ._validation import check_out, check_same_columns, check_same_shape, common_dtype, empty_aligned, kernel_array
 
 __all__ = ["cosine_similarity", "cosine_similarity_matrix", "cosine_similarity_rows"]
 
 
-def cosine_similarity(u, v, /, *, backend: str = "auto"):
+def cosine_similarity(u: ArrayLike, v: ArrayLike, /, *, backend: str = "auto") -> np.floating:
     """Cosine similarity of two vectors.
 
     Parameters
@@ -27,29 +33,29 @@ def cosine_similarity(u, v, /, *, backend: str = "auto"):
         ``u.v / (|u| |v|)`` clamped to [-1, 1]; 0 when either vector is zero;
         NaN when either holds NaN or inf.
     """
-    core = _backend.fast_core(backend)
-    if core is not None:
-        result = core.cosine_pair_fast(u, v)  # None: the general path below
-        if result is not None:
-            return result
-    u = as_float_array(u, "u", ndim=1)
-    v = as_float_array(v, "v", ndim=1)
-    check_same_shape((u, v), ("u", "v"), "two vectors of d entries", noun="length")
-    dt = result_dtype(u, v)
+    u = kernel_array(u, "u", 1)
+    v = kernel_array(v, "v", 1)
+    if u.shape != v.shape:
+        check_same_shape((u, v), ("u", "v"), "two vectors of d entries", noun="length")
+    u, v = common_dtype(u, v)
     be = _backend.resolve(backend)
+    if be == "cpp":
+        return _backend.core().cosine_pair(u, v)
     if be == "numpy":
-        return dt.type(_ref.cosine_similarity(u.astype(dt, copy=False), v.astype(dt, copy=False)))
-    out = cosine_similarity_rows(u[None, :], v[None, :], backend=be)
+        return u.dtype.type(_ref.cosine_similarity(u, v))
+    out = np.empty(1, u.dtype)
+    _backend.numba_module("cosine").cosine_rows(u[None, :], v[None, :], out)
     return out[0]
 
 
-def _kernel_out(out: np.ndarray) -> np.ndarray:
-    """``out``, or an aligned array to compute in when ``out``'s elements are misaligned
-    (a view at an odd byte offset); the caller then copies the result over."""
-    return out if out.flags.aligned else empty_aligned(out.shape, out.dtype)
+def _arrays(given: dict) -> dict:
+    """The caller's arguments that are arrays: ``out`` may share no memory with
+    them, even where the kernel reads a converted copy."""
+    return {name: x for name, x in given.items() if isinstance(x, np.ndarray)}
 
 
-def cosine_similarity_rows(a, b, /, *, out=None, backend: str = "auto") -> np.ndarray:
+def cosine_similarity_rows(a: ArrayLike, b: ArrayLike, /, *, out: NDArray[np.floating] | None = None,
+                           backend: str = "auto") -> NDArray[np.floating]:
     """Cosine similarity of row i of ``a`` with row i of ``b``.
 
     Parameters
@@ -64,35 +70,35 @@ def cosine_similarity_rows(a, b, /, *, out=None, backend: str = "auto") -> np.nd
     ndarray, shape (n,)
         float64 if either input is float64, else float32.
     """
-    core = _backend.fast_core(backend)
-    if core is not None:
-        result = core.cosine_rows_fast(a, b, out)  # None: the general path below
-        if result is not None:
-            return result
-    a = as_float_array(a, "a", ndim=2)
-    b = as_float_array(b, "b", ndim=2)
-    check_same_shape((a, b), ("a", "b"), "row i of a is compared with row i of b")
-    dt = result_dtype(a, b)
-    n = a.shape[0]
-    if out is None:
-        out = np.empty(n, dtype=dt)
-    else:
-        check_out(out, (n,), dt, inputs={"a": a, "b": b})
+    given = {"a": a, "b": b}
+    a = kernel_array(a, "a", 2)
+    b = kernel_array(b, "b", 2)
+    if a.shape != b.shape:
+        check_same_shape((a, b), ("a", "b"), "row i of a is compared with row i of b")
+    a, b = common_dtype(a, b)
+    if out is not None:
+        check_out(out, (a.shape[0],), a.dtype, inputs=_arrays(given))
     be = _backend.resolve(backend)
-    if be == "numpy":
-        out[...] = _ref.cosine_similarity_rows(a.astype(dt, copy=False), b.astype(dt, copy=False))
-        return out
-    target = _kernel_out(out)
-    if be == "cpp":
-        _backend.core().cosine_rows(contiguous(a, dt), contiguous(b, dt), target)
-    else:
-        _backend.numba_module("cosine").cosine_rows(contiguous(a, dt), contiguous(b, dt), target)
-    if target is not out:
-        out[...] = target
+    if out is None or out.flags.aligned:
+        return _rows(be, a, b, out)
+    out[...] = _rows(be, a, b, None)  # a misaligned out: computed aligned, then copied
     return out
 
 
-def cosine_similarity_matrix(a, b=None, /, *, out=None, backend: str = "auto") -> np.ndarray:
+def _rows(be, a, b, target):
+    if be == "cpp":
+        return _backend.core().cosine_rows(a, b, target)
+    if target is None:
+        target = np.empty(a.shape[0], a.dtype)
+    if be == "numpy":
+        target[...] = _ref.cosine_similarity_rows(a, b)
+    else:
+        _backend.numba_module("cosine").cosine_rows(a, b, target)
+    return target
+
+
+def cosine_similarity_matrix(a: ArrayLike, b: ArrayLike | None = None, /, *, out: NDArray[np.floating] | None = None,
+                             backend: str = "auto") -> NDArray[np.floating]:
     """All-pairs cosine similarity ``S[i, j] = cos(a[i], b[j])``.
 
     Parameters
@@ -118,33 +124,29 @@ def cosine_similarity_matrix(a, b=None, /, *, out=None, backend: str = "auto") -
     inverse norms and the clamp while each tile is still in registers; the
     normalized copies of the inputs are never formed.
     """
-    core = _backend.fast_core(backend)
-    if core is not None:
-        result = core.cosine_matrix_fast(a, b, out)  # None: the general path below
-        if result is not None:
-            return result
-    a = as_float_array(a, "a", ndim=2)
+    given = {"a": a, "b": b}
+    a = kernel_array(a, "a", 2)
     if b is not None:
-        b = as_float_array(b, "b", ndim=2)
-        check_same_columns(a, b, ("a", "b"))
-    dt = result_dtype(a, b)
-    shape = (a.shape[0], (a if b is None else b).shape[0])
-    if out is None:
-        out = empty_aligned(shape, dt)
-    else:
-        check_out(out, shape, dt, inputs={"a": a, "b": b})
+        b = kernel_array(b, "b", 2)
+        if a.shape[1] != b.shape[1]:
+            check_same_columns(a, b, ("a", "b"))
+        a, b = common_dtype(a, b)
+    if out is not None:
+        check_out(out, (a.shape[0], (a if b is None else b).shape[0]), a.dtype, inputs=_arrays(given))
     be = _backend.resolve(backend)
-    if be == "numpy":
-        bb = None if b is None else b.astype(dt, copy=False)
-        out[...] = _ref.cosine_similarity_matrix(a.astype(dt, copy=False), bb)
-        return out
-    ac = contiguous(a, dt)
-    bc = None if b is None else contiguous(b, dt)
-    target = _kernel_out(out)
-    if be == "cpp":
-        _backend.core().cosine_matrix(ac, bc, target)
-    else:
-        _backend.numba_module("cosine").cosine_matrix(ac, bc, target)
-    if target is not out:
-        out[...] = target
+    if out is None or out.flags.aligned:
+        return _matrix(be, a, b, out)
+    out[...] = _matrix(be, a, b, None)  # a misaligned out: computed aligned, then copied
     return out
+
+
+def _matrix(be, a, b, target):
+    if be == "cpp":
+        return _backend.core().cosine_matrix(a, b, target)
+    if target is None:
+        target = empty_aligned((a.shape[0], (a if b is None else b).shape[0]), a.dtype)
+    if be == "numpy":
+        target[...] = _ref.cosine_similarity_matrix(a, b)
+    else:
+        _backend.numba_module("cosine").cosine_matrix(a, b, target)
+    return target

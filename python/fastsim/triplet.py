@@ -48,12 +48,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _backend
 from ._reference import triplet as _ref
-from ._validation import (as_float_array, check_bool, check_choice, check_finite_scalar, check_same_shape, contiguous,
-                          result_dtype)
+from ._validation import (as_float_array, check_bool, check_choice, check_finite_scalar, check_same_shape, common_dtype,
+                          contiguous, kernel_array, result_dtype)
 
 __all__ = [
     "HardNegatives",
@@ -137,7 +140,7 @@ def _forward(be: str, v1: np.ndarray, v2: np.ndarray, empty_code: int):
 
 def _backward(be: str, v1, v2, closest_index, active1, active2, weight):
     if be == "cpp":
-        w = float(weight) if np.ndim(weight) == 0 else contiguous(weight, np.float64)
+        w = np.full(v1.shape[0], weight) if np.ndim(weight) == 0 else contiguous(weight, np.float64)
         return _backend.core().triplet_backward(v1, v2, closest_index, active1, active2, w)
     if be == "numpy":
         return _ref.triplet_backward(v1, v2, closest_index, active1, active2, weight)
@@ -164,12 +167,13 @@ def _check_batch_size(b: int, what: str) -> None:
 
 def _prepare_pair(v1, v2):
     """``v1``, ``v2`` checked, as C-contiguous arrays of their common float dtype."""
-    v1 = as_float_array(v1, "v1", ndim=2)
-    v2 = as_float_array(v2, "v2", ndim=2)
-    check_same_shape((v1, v2), ("v1", "v2"), "(b, d): row i of each is a duplicate pair")
-    _check_batch_size(v1.shape[0], "v1 and v2")
-    dt = result_dtype(v1, v2)
-    return contiguous(v1, dt), contiguous(v2, dt)
+    v1 = kernel_array(v1, "v1", 2)
+    v2 = kernel_array(v2, "v2", 2)
+    if v1.shape != v2.shape:
+        check_same_shape((v1, v2), ("v1", "v2"), "(b, d): row i of each is a duplicate pair")
+    if v1.shape[0] < 2:
+        _check_batch_size(v1.shape[0], "v1 and v2")
+    return common_dtype(v1, v2)
 
 
 def _with_columns(v1: np.ndarray, v2: np.ndarray):
@@ -223,7 +227,7 @@ def _active(parts: TripletLossParts):
 # --------------------------------------------------------------------------- public API
 
 
-def hard_negatives(sim, /, *, empty: str = "shift", backend: str = "auto") -> HardNegatives:
+def hard_negatives(sim: ArrayLike, /, *, empty: str = "shift", backend: str = "auto") -> HardNegatives:
     """Positive, mean negative and closest negative of every row of a score matrix.
 
     Parameters
@@ -272,8 +276,9 @@ def hard_negatives(sim, /, *, empty: str = "shift", backend: str = "auto") -> Ha
     return HardNegatives(*out)
 
 
-def modified_triplet_loss(v1, v2, /, margin: float = 0.25, *, reduction: str = "sum", empty: str = "shift",
-                          return_parts: bool = False, backend: str = "auto"):
+def modified_triplet_loss(v1: ArrayLike, v2: ArrayLike, /, margin: float = 0.25, *, reduction: str = "sum",
+                          empty: str = "shift", return_parts: bool = False,
+                          backend: str = "auto") -> Any:
     """The modified triplet loss ``L1 + L2`` of two batches of embeddings.
 
     Parameters
@@ -318,24 +323,20 @@ def modified_triplet_loss(v1, v2, /, margin: float = 0.25, *, reduction: str = "
     tiles and never stores it.
     """
     margin = _check_options(margin, reduction, empty)
-    return_parts = check_bool(return_parts, "return_parts")
-    core = _backend.fast_core(backend)
-    if core is not None and not return_parts and reduction != "none":
-        cost = core.triplet_cost_fast(v1, v2, margin, _EMPTY_CODES[empty], reduction == "mean")  # None: below
-        if cost is not None:
-            return cost
+    if return_parts is not False:
+        return_parts = check_bool(return_parts, "return_parts")
     v1, v2 = _prepare_pair(v1, v2)
     be = _backend.resolve(backend, _SUPPORTED)
     if be == "cpp" and not return_parts and reduction != "none" and v1.shape[1] > 0:
         # the cost alone: hinges and sum in the same compiled call, no per-row arrays
-        cost = _backend.core().triplet_cost(v1, v2, margin, _EMPTY_CODES[empty], reduction == "mean")
-        return v1.dtype.type(cost)
+        return _backend.core().triplet_cost(v1, v2, margin, _EMPTY_CODES[empty], reduction == "mean")
     parts = _loss_parts(be, v1, v2, margin, empty, reduction)
     return parts if return_parts else parts.cost
 
 
-def value_and_grad(v1, v2, /, margin: float = 0.25, *, reduction: str = "sum", empty: str = "shift",
-                   return_parts: bool = False, backend: str = "auto"):
+def value_and_grad(v1: ArrayLike, v2: ArrayLike, /, margin: float = 0.25, *, reduction: str = "sum",
+                   empty: str = "shift", return_parts: bool = False,
+                   backend: str = "auto") -> tuple[Any, tuple[NDArray[np.floating], NDArray[np.floating]]]:
     """The modified triplet loss and its gradient with respect to ``v1`` and ``v2``, in one call.
 
     Parameters are those of :func:`modified_triplet_loss`, except that
@@ -372,8 +373,9 @@ def value_and_grad(v1, v2, /, margin: float = 0.25, *, reduction: str = "sum", e
     return (parts if return_parts else parts.cost), (grad_v1, grad_v2)
 
 
-def modified_triplet_loss_grad(v1, v2, /, margin: float = 0.25, *, reduction: str = "sum", empty: str = "shift",
-                               backend: str = "auto"):
+def modified_triplet_loss_grad(v1: ArrayLike, v2: ArrayLike, /, margin: float = 0.25, *, reduction: str = "sum",
+                               empty: str = "shift",
+                               backend: str = "auto") -> tuple[NDArray[np.floating], NDArray[np.floating]]:
     """Gradient of :func:`modified_triplet_loss` with respect to ``v1`` and ``v2``.
 
     Parameters are those of :func:`modified_triplet_loss`; ``reduction`` must
@@ -387,8 +389,8 @@ def modified_triplet_loss_grad(v1, v2, /, margin: float = 0.25, *, reduction: st
     return value_and_grad(v1, v2, margin, reduction=reduction, empty=empty, backend=backend)[1]
 
 
-def triplet_loss(anchor, positive, negative, /, margin: float = 0.25, *, reduction: str = "sum",
-                 backend: str = "auto"):
+def triplet_loss(anchor: ArrayLike, positive: ArrayLike, negative: ArrayLike, /, margin: float = 0.25, *,
+                 reduction: str = "sum", backend: str = "auto") -> Any:
     """The original triplet loss ``max(s(A, N) - s(A, P) + margin, 0)`` with cosine similarity ``s``.
 
     Parameters

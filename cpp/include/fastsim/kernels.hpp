@@ -42,6 +42,9 @@ struct TypedKernels {
   void (*rnn_run_ids)(const void* weights, const T* table, const int64_t* ids, index_t B, index_t T_len,
                       const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off,
                       T* pool, index_t pool_ld, const int64_t* pool_until);
+  // The reduced modified triplet loss (triplet.hpp): sum (or mean) over rows of
+  // L1 + L2, each row's loss rounded to T and the total accumulated in double.
+  double (*triplet_cost)(const T* v1, const T* v2, index_t b, index_t d, int empty_mode, double margin, bool mean);
 };
 
 struct KernelTable {
