@@ -66,18 +66,37 @@ def test_each_turn_starts_after_the_settle_pause_which_is_not_timed():
 
 def test_the_peak_probe_counts_threads_that_run_at_once():
     """Two threads on two cores do about twice the FMAs of one; the probe
-    times them together, so its two-thread figure must say so.  (Adding up
-    per-thread rates, as it once did, reads two threads that took turns on one
-    core as twice that core.)  Best of a few trials: a neighbour on a shared
-    host can hold a core for one of them."""
+    times them together, so its two-thread figure must say so.  A neighbour
+    on a shared host can hold a core for a while, so a few tries are allowed."""
     core = pytest.importorskip("fastsim._core")
     import os
 
-    if (os.cpu_count() or 1) < 2 or not core.openmp_enabled():
+    if len(os.sched_getaffinity(0)) < 2 or not core.openmp_enabled():
         pytest.skip("needs two cores and OpenMP")
-    one = max(core.fma_peak_gflops(False, 0.05, 1) for _ in range(3))
-    two = max(core.fma_peak_gflops(False, 0.05, 2) for _ in range(3))
-    assert 1.4 * one < two < 2.3 * one
+    ratios = []
+    for _ in range(5):
+        one = max(core.fma_peak_gflops(False, 0.05, 1) for _ in range(3))
+        two = max(core.fma_peak_gflops(False, 0.05, 2) for _ in range(3))
+        ratios.append(two / one)
+        if 1.4 < ratios[-1] < 2.3:
+            return
+    pytest.fail(f"two-thread / one-thread peak: {ratios}")
+
+
+def test_two_threads_taking_turns_on_one_core_read_as_one_core():
+    """Two threads pinned to one core must read as that one core: the figure
+    is what the cores did together, never a sum of rates each thread saw."""
+    pytest.importorskip("fastsim._core")
+    import subprocess
+    import sys
+
+    code = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+            "from fastsim import _core as c; "
+            "one = max(c.fma_peak_gflops(False, 0.05, 1) for _ in range(3)); "
+            "two = max(c.fma_peak_gflops(False, 0.05, 2) for _ in range(3)); print(two / one)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) < 1.25
 
 
 def test_percent_of_peak_never_above_100():

@@ -15,12 +15,15 @@ The course's question-duplicates model, for inference:
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _backend
 from ._reference.cosine import unit_rows
@@ -77,7 +80,7 @@ class Vocabulary:
     >>> ids, lengths = vocab.encode(["how old is your age?"])
     """
 
-    def __init__(self, tokens: Iterable[str] = ()):
+    def __init__(self, tokens: Iterable[str] = ()) -> None:
         self._tokens = [PAD_TOKEN, UNK_TOKEN]
         self._ids = {PAD_TOKEN: PAD_ID, UNK_TOKEN: UNK_ID}
         for i, tok in enumerate(_check_texts(tokens, "tokens")):
@@ -175,7 +178,7 @@ class Vocabulary:
             raise ValueError(msg)
         return self._tokens[i]
 
-    def decode(self, ids) -> list[str]:
+    def decode(self, ids: ArrayLike) -> list[str]:
         """Tokens of a 1-D id sequence, padding left out."""
         arr = as_int_array(ids, "ids", what="integer token ids")
         if arr.ndim != 1:
@@ -222,14 +225,14 @@ class Vocabulary:
 
     # ----------------------------------------------------------------- files
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the vocabulary as JSON (UTF-8): ``{"format", "version", "tokens"}``."""
         doc = {"format": "fastsim.Vocabulary", "version": 1, "tokens": self._tokens}
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(doc, fh, ensure_ascii=False)
 
     @classmethod
-    def load(cls, path) -> Vocabulary:
+    def load(cls, path: str | os.PathLike[str]) -> Vocabulary:
         """Read a file written by :meth:`save`."""
         with open(path, encoding="utf-8") as fh:
             try:
@@ -257,7 +260,7 @@ def _pair(q1_vecs, q2_vecs):
     return a, b
 
 
-def similarity(q1_vecs, q2_vecs, *, backend: str = "auto") -> np.ndarray:
+def similarity(q1_vecs: ArrayLike, q2_vecs: ArrayLike, *, backend: str = "auto") -> NDArray[np.floating]:
     """Cosine similarity of each pair: ``cos(q1_vecs[i], q2_vecs[i])``.
 
     Parameters
@@ -275,7 +278,8 @@ def similarity(q1_vecs, q2_vecs, *, backend: str = "auto") -> np.ndarray:
     return cosine_similarity_rows(a, b, backend=backend)
 
 
-def is_duplicate(q1_vecs, q2_vecs, threshold, *, backend: str = "auto") -> np.ndarray:
+def is_duplicate(q1_vecs: ArrayLike, q2_vecs: ArrayLike, threshold: float, *,
+                 backend: str = "auto") -> NDArray[np.bool_]:
     """The duplicate decision of each pair: ``cos(q1, q2) >= threshold``.
 
     Parameters
@@ -313,7 +317,8 @@ def _check_labels(labels, n: int) -> np.ndarray:
     return arr == 1
 
 
-def accuracy(q1_vecs, q2_vecs, labels, threshold, *, backend: str = "auto") -> float:
+def accuracy(q1_vecs: ArrayLike, q2_vecs: ArrayLike, labels: ArrayLike, threshold: float, *,
+             backend: str = "auto") -> float:
     """Share of pairs whose duplicate decision matches the label (the course's testing step).
 
     Parameters
@@ -435,7 +440,7 @@ class SiameseEncoder:
     anything is 0).
     """
 
-    def __init__(self, embedding, rnn, pooling: str = "mean"):
+    def __init__(self, embedding: ArrayLike, rnn: Any, pooling: str = "mean") -> None:
         layers = tuple(rnn) if isinstance(rnn, (list, tuple)) else (rnn,)
         if not layers:
             msg = "rnn must be a recurrent layer or a non-empty sequence of layers; got an empty sequence"
@@ -523,7 +528,8 @@ class SiameseEncoder:
     @classmethod
     def random(
         cls, vocab_size: int, embedding_dim: int, hidden_size: int, *, num_layers: int = 1,
-        bidirectional: bool = False, cell: str = "LSTM", pooling: str = "mean", dtype=np.float32, seed=None,
+        bidirectional: bool = False, cell: str = "LSTM", pooling: str = "mean", dtype: DTypeLike = np.float32,
+        seed: int | np.random.Generator | None = None,
     ) -> SiameseEncoder:
         """An untrained encoder with PyTorch-like initial weights.
 
@@ -545,7 +551,8 @@ class SiameseEncoder:
         return cls(emb, layer, pooling)
 
     @classmethod
-    def from_torch(cls, embedding, rnn, pooling: str = "mean", *, dtype=None) -> SiameseEncoder:
+    def from_torch(cls, embedding: Any, rnn: Any, pooling: str = "mean", *,
+                   dtype: DTypeLike | None = None) -> SiameseEncoder:
         """Build from a PyTorch ``nn.Embedding`` and ``nn.LSTM`` (or ``nn.GRU``, ``nn.RNN``).
 
         torch is not imported: the modules are read through their
@@ -679,7 +686,8 @@ class SiameseEncoder:
             pooled = self._pool(np.asarray(out), L, T)
         return unit_rows(pooled)
 
-    def encode(self, ids, lengths=None, *, batch_size: int = 1024, progress=False, backend: str = "auto") -> np.ndarray:
+    def encode(self, ids: ArrayLike, lengths: ArrayLike | None = None, *, batch_size: int = 1024,
+               progress: bool = False, backend: str = "auto") -> NDArray[np.floating]:
         """Encode token-id sequences into L2-normalized vectors.
 
         Parameters
@@ -747,7 +755,7 @@ class SiameseEncoder:
             cfg["nonlinearity"] = str(layer.nonlinearity)
         return cfg
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the encoder to one ``.npz`` file (exactly ``path``, no suffix added).
 
         The file holds the weights as arrays (``embedding``, and
@@ -774,7 +782,7 @@ class SiameseEncoder:
             np.savez(fh, config=np.array(json.dumps(config)), **arrays)
 
     @classmethod
-    def load(cls, path) -> SiameseEncoder:
+    def load(cls, path: str | os.PathLike[str]) -> SiameseEncoder:
         """Read an encoder written by :meth:`save`."""
         rnn = _rnn_module()
         where = f"path {str(path)!r}"

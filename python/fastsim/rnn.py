@@ -43,9 +43,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _backend
 from ._reference import rnn as _ref
@@ -320,8 +321,10 @@ def _functional(kind, x, W_ih, W_hh, b_ih, b_hh, states, lengths, batch_first, b
 
 
 def lstm_forward(
-    x, W_ih, W_hh, b_ih=None, b_hh=None, *, h0=None, c0=None, lengths=None, batch_first=True, backend="auto"
-):
+    x: ArrayLike, W_ih: ArrayLike, W_hh: ArrayLike, b_ih: ArrayLike | None = None, b_hh: ArrayLike | None = None, *,
+    h0: ArrayLike | None = None, c0: ArrayLike | None = None, lengths: ArrayLike | None = None,
+    batch_first: bool = True, backend: str = "auto",
+) -> tuple[NDArray[np.floating], tuple[NDArray[np.floating], NDArray[np.floating]]]:
     """One LSTM layer in one direction, PyTorch layout and semantics.
 
     Parameters
@@ -360,7 +363,10 @@ def lstm_forward(
     return out, (h, c)
 
 
-def gru_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, *, h0=None, lengths=None, batch_first=True, backend="auto"):
+def gru_forward(
+    x: ArrayLike, W_ih: ArrayLike, W_hh: ArrayLike, b_ih: ArrayLike | None = None, b_hh: ArrayLike | None = None, *,
+    h0: ArrayLike | None = None, lengths: ArrayLike | None = None, batch_first: bool = True, backend: str = "auto",
+) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
     """One GRU layer in one direction, PyTorch layout and semantics.
 
     Parameters
@@ -393,9 +399,10 @@ def gru_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, *, h0=None, lengths=None, b
 
 
 def rnn_forward(
-    x, W_ih, W_hh, b_ih=None, b_hh=None, *, h0=None, lengths=None, nonlinearity="tanh", batch_first=True,
-    backend="auto",
-):
+    x: ArrayLike, W_ih: ArrayLike, W_hh: ArrayLike, b_ih: ArrayLike | None = None, b_hh: ArrayLike | None = None, *,
+    h0: ArrayLike | None = None, lengths: ArrayLike | None = None, nonlinearity: str = "tanh",
+    batch_first: bool = True, backend: str = "auto",
+) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
     """One vanilla RNN layer in one direction: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``.
 
     Parameters
@@ -550,9 +557,10 @@ class _Recurrent:
     _KIND = ""
 
     def __init__(
-        self, input_size, hidden_size, num_layers=1, *, bias=True, bidirectional=False, batch_first=True,
-        dtype=np.float32, seed=None,
-    ):
+        self, input_size: int, hidden_size: int, num_layers: int = 1, *, bias: bool = True,
+        bidirectional: bool = False, batch_first: bool = True, dtype: DTypeLike = np.float32,
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
         self.input_size = check_positive_int(input_size, "input_size", minimum=0)
         self.hidden_size = check_positive_int(hidden_size, "hidden_size")
         self.num_layers = check_positive_int(num_layers, "num_layers")
@@ -796,7 +804,9 @@ class LSTM(_Recurrent):
 
     _KIND = "lstm"
 
-    def __call__(self, x, lengths=None, initial_state=None, *, backend="auto"):
+    def __call__(
+        self, x: ArrayLike, lengths: ArrayLike | None = None, initial_state: Any = None, *, backend: str = "auto"
+    ) -> tuple[NDArray[np.floating], tuple[NDArray[np.floating], NDArray[np.floating]]]:
         out, (h, c) = self._run(x, lengths, initial_state, backend)
         return out, (h, c)
 
@@ -905,7 +915,10 @@ class GRU(_Recurrent):
 
     _KIND = "gru"
 
-    def __call__(self, x, lengths=None, initial_state=None, *, backend="auto"):
+    def __call__(
+        self, x: ArrayLike, lengths: ArrayLike | None = None, initial_state: ArrayLike | None = None, *,
+        backend: str = "auto",
+    ) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
         out, (h,) = self._run(x, lengths, initial_state, backend)
         return out, h
 
@@ -996,16 +1009,20 @@ class RNN(_Recurrent):
     _KIND = "rnn"
 
     def __init__(
-        self, input_size, hidden_size, num_layers=1, *, nonlinearity="tanh", bias=True, bidirectional=False,
-        batch_first=True, dtype=np.float32, seed=None,
-    ):
+        self, input_size: int, hidden_size: int, num_layers: int = 1, *, nonlinearity: str = "tanh",
+        bias: bool = True, bidirectional: bool = False, batch_first: bool = True, dtype: DTypeLike = np.float32,
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
         self.nonlinearity = check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
         super().__init__(
             input_size, hidden_size, num_layers, bias=bias, bidirectional=bidirectional, batch_first=batch_first,
             dtype=dtype, seed=seed,
         )
 
-    def __call__(self, x, lengths=None, initial_state=None, *, backend="auto"):
+    def __call__(
+        self, x: ArrayLike, lengths: ArrayLike | None = None, initial_state: ArrayLike | None = None, *,
+        backend: str = "auto",
+    ) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
         out, (h,) = self._run(x, lengths, initial_state, backend)
         return out, h
 

@@ -24,6 +24,7 @@ exactly that contract, once ``"cpp"`` is added to ``_SUPPORTED``.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _backend
 from ._reference import topk as _ref
@@ -59,7 +60,8 @@ def _top_k_impl(be: str, queries: np.ndarray, corpus: np.ndarray, k: int, exclud
     return _backend.numba_module("topk").top_k(queries, corpus, k, exclude_self)
 
 
-def top_k(queries, corpus, /, k, *, exclude_self: bool = False, backend: str = "auto"):
+def top_k(queries: ArrayLike, corpus: ArrayLike, /, k: int, *, exclude_self: bool = False,
+          backend: str = "auto") -> tuple[NDArray[np.floating], NDArray[np.int64]]:
     """The ``k`` corpus rows most cosine-similar to each query, best first.
 
     Parameters

@@ -145,7 +145,7 @@ def run(args) -> list[dict]:
         reference = case.reference(inputs) if case.reference else None
         err_fn = case.error or max_abs_error
         base = None
-        times, outputs = time_rounds({name: (lambda fn=fn: fn(inputs)) for name, fn in case.runners.items()},
+        times, outputs = time_rounds({name: (lambda fn=fn, x=inputs: fn(x)) for name, fn in case.runners.items()},
                                      rounds=args.rounds, min_repeats=case.min_repeats,
                                      min_time=0.1 * args.rounds, max_time=args.max_time)
         for name in case.runners:

@@ -61,7 +61,6 @@ def similarity_scores(v1: np.ndarray, v2: np.ndarray) -> np.ndarray:
 def hard_negatives(sim: np.ndarray, empty: str = "shift"):
     """Per-row ``(positive, mean_negative, closest_negative, closest_index)`` of a square score matrix."""
     b = sim.shape[0]
-    rows = np.arange(b)
 
     # Positives: s(A, P), the diagonal
     positive = np.diag(sim).copy()
