@@ -165,6 +165,20 @@ def kernel_array(x, name: str, ndim: int) -> np.ndarray:
     return contiguous(arr, arr.dtype)
 
 
+def kernel_pair(a, b, names: tuple[str, str], ndim: int):
+    """Two arguments as kernel arrays of one float dtype (``kernel_array`` and
+    ``common_dtype`` in one call): the common call, two plain C-contiguous
+    arrays of one float dtype, is decided with one test per property, since
+    small calls (a pair of vectors is ~1 us of kernel) feel every step."""
+    if type(a) is np.ndarray and type(b) is np.ndarray:
+        dt = a.dtype
+        if b.dtype is dt and (dt is _F32 or dt is _F64) and a.ndim == ndim and b.ndim == ndim:
+            fa, fb = a.flags, b.flags
+            if fa.c_contiguous and fb.c_contiguous and fa.aligned and fb.aligned:
+                return a, b
+    return common_dtype(kernel_array(a, names[0], ndim), kernel_array(b, names[1], ndim))
+
+
 def common_dtype(a: np.ndarray, b: np.ndarray | None):
     """``a`` and ``b`` (kernel arrays, or ``b`` None) in their result dtype."""
     if b is None or a.dtype is b.dtype:

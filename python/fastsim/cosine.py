@@ -13,7 +13,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _backend
 from ._reference import cosine as _ref
-from ._validation import check_out, check_same_columns, check_same_shape, common_dtype, empty_aligned, kernel_array
+from ._validation import check_out, check_same_columns, check_same_shape, empty_aligned, kernel_array, kernel_pair
 
 __all__ = ["cosine_similarity", "cosine_similarity_matrix", "cosine_similarity_rows"]
 
@@ -33,11 +33,9 @@ def cosine_similarity(u: ArrayLike, v: ArrayLike, /, *, backend: str = "auto") -
         ``u.v / (|u| |v|)`` clamped to [-1, 1]; 0 when either vector is zero;
         NaN when either holds NaN or inf.
     """
-    u = kernel_array(u, "u", 1)
-    v = kernel_array(v, "v", 1)
+    u, v = kernel_pair(u, v, ("u", "v"), 1)
     if u.shape != v.shape:
         check_same_shape((u, v), ("u", "v"), "two vectors of d entries", noun="length")
-    u, v = common_dtype(u, v)
     be = _backend.resolve(backend)
     if be == "cpp":
         return _backend.core().cosine_pair(u, v)
@@ -71,11 +69,9 @@ def cosine_similarity_rows(a: ArrayLike, b: ArrayLike, /, *, out: NDArray[np.flo
         float64 if either input is float64, else float32.
     """
     given = {"a": a, "b": b}
-    a = kernel_array(a, "a", 2)
-    b = kernel_array(b, "b", 2)
+    a, b = kernel_pair(a, b, ("a", "b"), 2)
     if a.shape != b.shape:
         check_same_shape((a, b), ("a", "b"), "row i of a is compared with row i of b")
-    a, b = common_dtype(a, b)
     if out is not None:
         check_out(out, (a.shape[0],), a.dtype, inputs=_arrays(given))
     be = _backend.resolve(backend)
@@ -125,12 +121,12 @@ def cosine_similarity_matrix(a: ArrayLike, b: ArrayLike | None = None, /, *, out
     normalized copies of the inputs are never formed.
     """
     given = {"a": a, "b": b}
-    a = kernel_array(a, "a", 2)
-    if b is not None:
-        b = kernel_array(b, "b", 2)
+    if b is None:
+        a = kernel_array(a, "a", 2)
+    else:
+        a, b = kernel_pair(a, b, ("a", "b"), 2)
         if a.shape[1] != b.shape[1]:
             check_same_columns(a, b, ("a", "b"))
-        a, b = common_dtype(a, b)
     if out is not None:
         check_out(out, (a.shape[0], (a if b is None else b).shape[0]), a.dtype, inputs=_arrays(given))
     be = _backend.resolve(backend)

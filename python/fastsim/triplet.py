@@ -55,8 +55,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _backend
 from ._reference import triplet as _ref
-from ._validation import (as_float_array, check_bool, check_choice, check_finite_scalar, check_same_shape, common_dtype,
-                          contiguous, kernel_array, result_dtype)
+from ._validation import (as_float_array, check_bool, check_choice, check_finite_scalar, check_same_shape, contiguous,
+                          kernel_pair, result_dtype)
 
 __all__ = [
     "HardNegatives",
@@ -167,13 +167,12 @@ def _check_batch_size(b: int, what: str) -> None:
 
 def _prepare_pair(v1, v2):
     """``v1``, ``v2`` checked, as C-contiguous arrays of their common float dtype."""
-    v1 = kernel_array(v1, "v1", 2)
-    v2 = kernel_array(v2, "v2", 2)
+    v1, v2 = kernel_pair(v1, v2, ("v1", "v2"), 2)
     if v1.shape != v2.shape:
         check_same_shape((v1, v2), ("v1", "v2"), "(b, d): row i of each is a duplicate pair")
     if v1.shape[0] < 2:
         _check_batch_size(v1.shape[0], "v1 and v2")
-    return common_dtype(v1, v2)
+    return v1, v2
 
 
 def _with_columns(v1: np.ndarray, v2: np.ndarray):
