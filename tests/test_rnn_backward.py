@@ -1,0 +1,258 @@
+"""Backward passes of the recurrent layers: the NumPy reference (fastsim._reference.rnn_backward).
+
+Oracles: central finite differences in float64 of the reference forward
+(fastsim._reference.rnn, the spec, not the training forward under test), and
+PyTorch's autograd through nn.LSTM / nn.GRU / nn.RNN with packed sequences
+where torch is installed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastsim._reference import rnn as ref
+from fastsim._reference import rnn_backward as rb
+
+CELLS = [("lstm", "tanh"), ("gru", "tanh"), ("rnn", "tanh"), ("rnn", "relu")]
+CELL_IDS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def _weights(rng, kind, D, H, layers, dirs, dtype=np.float64, scale=0.6):
+    G = GATES[kind]
+    out = []
+    for layer in range(layers):
+        d_in = D if layer == 0 else dirs * H
+        out.append([
+            tuple(scale * rng.standard_normal(s).astype(dtype) for s in ((G * H, d_in), (G * H, H), (G * H,), (G * H,)))
+            for _ in range(dirs)
+        ])
+    return out
+
+
+def _spec_forward(kind, nonlinearity, x, weights, initial, lengths, batch_first):
+    """The forward of fastsim._reference.rnn (the spec), as (outputs, finals tuple)."""
+    if kind == "lstm":
+        out, (h, c) = ref.lstm(x, weights, initial[0], initial[1], lengths, batch_first)
+        return out, (h, c)
+    if kind == "gru":
+        out, h = ref.gru(x, weights, initial[0], lengths, batch_first)
+        return out, (h,)
+    out, h = ref.rnn(x, weights, initial[0], lengths, batch_first, nonlinearity)
+    return out, (h,)
+
+
+def _problem(kind, layers, bidirectional, use_lengths, batch_first, *, B=3, T=4, D=3, H=2, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    dirs = 2 if bidirectional else 1
+    weights = _weights(rng, kind, D, H, layers, dirs, dtype)
+    x = rng.standard_normal((B, T, D) if batch_first else (T, B, D)).astype(dtype)
+    n_states = 2 if kind == "lstm" else 1
+    initial = tuple(rng.standard_normal((layers * dirs, B, H)).astype(dtype) for _ in range(n_states))
+    # the longest, the shortest possible, and the rest in between
+    lengths = np.array([T, 1, *rng.integers(1, T + 1, size=B)][:B]) if use_lengths else None
+    d_out = rng.standard_normal((B, T, dirs * H) if batch_first else (T, B, dirs * H)).astype(dtype)
+    d_finals = tuple(rng.standard_normal((layers * dirs, B, H)).astype(dtype) for _ in range(n_states))
+    return weights, x, initial, lengths, d_out, d_finals
+
+
+def _loss(kind, nonlinearity, x, weights, initial, lengths, batch_first, d_out, d_finals):
+    out, finals = _spec_forward(kind, nonlinearity, x, weights, initial, lengths, batch_first)
+    if lengths is not None:
+        # outputs past a sequence's length are constants (0): their weight in the loss must not matter
+        steps = np.arange(out.shape[1] if batch_first else out.shape[0])
+        pad = steps[None, :] >= lengths[:, None]
+        assert np.all((out[pad] if batch_first else np.swapaxes(out, 0, 1)[pad]) == 0)
+    return float(np.sum(out * d_out) + sum(np.sum(f * g) for f, g in zip(finals, d_finals)))
+
+
+def _numeric_grad(f, a, eps=1e-6):
+    """Central differences of the scalar f() with respect to every entry of a (perturbed in place)."""
+    g = np.zeros_like(a)
+    for idx in np.ndindex(a.shape):
+        keep = a[idx]
+        a[idx] = keep + eps
+        up = f()
+        a[idx] = keep - eps
+        down = f()
+        a[idx] = keep
+        g[idx] = (up - down) / (2 * eps)
+    return g
+
+
+# every layer count, direction count and layout, each combination of two in some case
+# (the full product is in test_against_torch)
+SHAPES = [(1, False, True), (1, True, False), (2, False, False), (2, True, True)]
+
+
+@pytest.mark.parametrize("use_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize(("layers", "bidirectional", "batch_first"), SHAPES,
+                         ids=["1-uni-batch_first", "1-bi-time_major", "2-uni-time_major", "2-bi-batch_first"])
+@pytest.mark.parametrize(("kind", "nonlinearity"), CELLS, ids=CELL_IDS)
+def test_finite_differences(kind, nonlinearity, layers, bidirectional, batch_first, use_lengths):
+    weights, x, initial, lengths, d_out, d_finals = _problem(
+        kind, layers, bidirectional, use_lengths, batch_first, B=3, T=3, D=2, H=2
+    )
+    # weights as mutable lists so that the finite differences can perturb them in place
+    weights = [[[np.array(w) for w in direction] for direction in layer] for layer in weights]
+
+    def loss():
+        return _loss(kind, nonlinearity, x, weights, initial, lengths, batch_first, d_out, d_finals)
+
+    _, _, tape = rb.forward(kind, x, weights, initial, lengths, batch_first, nonlinearity)
+    dx, d_weights, d_initial = rb.backward(tape, weights, d_out, d_finals)
+    tol = dict(rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(dx, _numeric_grad(loss, x), **tol, err_msg="dx")
+    for s, (a, g) in enumerate(zip(initial, d_initial)):
+        np.testing.assert_allclose(g, _numeric_grad(loss, a), **tol, err_msg=f"initial state {s}")
+    names = ("W_ih", "W_hh", "b_ih", "b_hh")
+    for layer, directions in enumerate(weights):
+        for d, direction in enumerate(directions):
+            for j, w in enumerate(direction):
+                np.testing.assert_allclose(
+                    d_weights[layer][d][j], _numeric_grad(loss, w), **tol, err_msg=f"{names[j]} layer {layer} dir {d}"
+                )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("use_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize(("kind", "nonlinearity"), CELLS, ids=CELL_IDS)
+def test_training_forward_is_the_spec_forward(kind, nonlinearity, use_lengths, dtype):
+    weights, x, initial, lengths, _, _ = _problem(kind, 2, True, use_lengths, True, B=4, T=6, D=5, H=3, dtype=dtype)
+    out, finals, tape = rb.forward(kind, x, weights, initial, lengths, True, nonlinearity)
+    want_out, want_finals = _spec_forward(kind, nonlinearity, x, weights, initial, lengths, True)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert out.dtype == dtype
+    np.testing.assert_allclose(out, want_out, rtol=tol, atol=tol)
+    for f, w in zip(finals, want_finals):
+        np.testing.assert_allclose(f, w, rtol=tol, atol=tol)
+    assert len(tape.layers) == 2 and len(tape.layers[0]) == 2
+
+
+def test_padding_takes_no_part():
+    """NaN or inf in the padding of a sequence changes no gradient; the padding's dx is 0."""
+    weights, x, initial, lengths, d_out, d_finals = _problem("lstm", 2, True, True, True, B=3, T=5)
+    dirty = x.copy()
+    dirty[1, 1:] = np.nan
+    dirty[2, 4:] = np.inf
+    clean = _grads("lstm", "tanh", x, weights, initial, lengths, d_out, d_finals)
+    got = _grads("lstm", "tanh", dirty, weights, initial, lengths, d_out, d_finals)
+    for a, b in zip(_flat(clean), _flat(got)):
+        np.testing.assert_array_equal(a, b)
+    assert np.all(clean[0][1, 1:] == 0) and np.all(clean[0][2, 4:] == 0)
+
+
+@pytest.mark.parametrize(("kind", "nonlinearity"), CELLS, ids=CELL_IDS)
+def test_nan_stays_in_its_row(kind, nonlinearity):
+    weights, x, initial, lengths, d_out, d_finals = _problem(kind, 2, True, False, True, B=3, T=4)
+    dirty = x.copy()
+    dirty[1, 2, 0] = np.nan
+    dx, _, d_initial = _grads(kind, nonlinearity, dirty, weights, initial, lengths, d_out, d_finals)
+    # rows 0 and 2 equal the run without row 1; row 1 is NaN where the NaN could reach
+    keep = [0, 2]
+    sub = _grads(kind, nonlinearity, x[keep], weights, tuple(s[:, keep] for s in initial), None,
+                 d_out[keep], tuple(g[:, keep] for g in d_finals))
+    np.testing.assert_allclose(dx[keep], sub[0], rtol=1e-12, atol=1e-14)
+    for g, want in zip(d_initial, sub[2]):
+        np.testing.assert_allclose(g[:, keep], want, rtol=1e-12, atol=1e-14)
+    assert np.isnan(dx[1]).any()
+    assert np.isnan(d_initial[0][:, 1]).any()
+
+
+def _grads(kind, nonlinearity, x, weights, initial, lengths, d_out, d_finals):
+    _, _, tape = rb.forward(kind, x, weights, initial, lengths, True, nonlinearity)
+    return rb.backward(tape, weights, d_out, d_finals)
+
+
+def _flat(grads):
+    dx, d_weights, d_initial = grads
+    return [dx, *[w for layer in d_weights for direction in layer for w in direction], *d_initial]
+
+
+def test_missing_gradients_are_zeros():
+    weights, x, initial, lengths, d_out, d_finals = _problem("lstm", 1, False, True, True)
+    _, _, tape = rb.forward("lstm", x, weights, initial, lengths, True)
+    only_out = rb.backward(tape, weights, d_out, None)
+    with_zeros = rb.backward(tape, weights, d_out, tuple(np.zeros_like(g) for g in d_finals))
+    for a, b in zip(_flat(only_out), _flat(with_zeros)):
+        np.testing.assert_array_equal(a, b)
+    nothing = rb.backward(tape, weights)
+    assert all(np.all(a == 0) for a in _flat(nothing))
+
+
+# --------------------------------------------------------------------------- against PyTorch autograd
+
+
+def _torch_grads(torch, kind, nonlinearity, x, weights, initial, lengths, batch_first, d_out, d_finals):
+    """Gradients through torch.nn's module (pack_padded_sequence for lengths), weights copied in."""
+    layers, dirs = len(weights), len(weights[0])
+    D, H = weights[0][0][0].shape[1], weights[0][0][1].shape[1]
+    dtype = torch.float64 if x.dtype == np.float64 else torch.float32
+    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
+    extra = {"nonlinearity": nonlinearity} if kind == "rnn" else {}
+    m = cls(D, H, num_layers=layers, bidirectional=dirs == 2, batch_first=batch_first, dtype=dtype, **extra)
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    with torch.no_grad():
+        for layer in range(layers):
+            for d in range(dirs):
+                for j, name in enumerate(names):
+                    getattr(m, f"{name}_l{layer}{'_reverse' if d else ''}").copy_(torch.from_numpy(weights[layer][d][j]))
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    init = [torch.from_numpy(s.copy()).requires_grad_(True) for s in initial]
+    seq = xt
+    if lengths is not None:
+        seq = torch.nn.utils.rnn.pack_padded_sequence(xt, torch.from_numpy(lengths), batch_first=batch_first,
+                                                      enforce_sorted=False)
+    out, finals = m(seq, tuple(init) if kind == "lstm" else init[0])
+    if lengths is not None:
+        T = x.shape[1] if batch_first else x.shape[0]
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first, total_length=T)
+    finals = finals if kind == "lstm" else (finals,)
+    loss = (out * torch.from_numpy(d_out)).sum() + sum((f * torch.from_numpy(g)).sum() for f, g in zip(finals, d_finals))
+    loss.backward()
+    d_weights = [[tuple(getattr(m, f"{name}_l{layer}{'_reverse' if d else ''}").grad.numpy() for name in names)
+                  for d in range(dirs)] for layer in range(layers)]
+    return xt.grad.numpy(), d_weights, tuple(s.grad.numpy() for s in init)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "time_major"])
+@pytest.mark.parametrize("use_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize(("kind", "nonlinearity"), CELLS, ids=CELL_IDS)
+def test_against_torch(kind, nonlinearity, bidirectional, use_lengths, batch_first, dtype):
+    torch = pytest.importorskip("torch")
+    weights, x, initial, lengths, d_out, d_finals = _problem(
+        kind, 2, bidirectional, use_lengths, batch_first, B=4, T=7, D=5, H=6, seed=3, dtype=dtype
+    )
+    if use_lengths:
+        lengths = np.array([7, 2, 5, 1])
+    _, _, tape = rb.forward(kind, x, weights, initial, lengths, batch_first, nonlinearity)
+    got = _flat(rb.backward(tape, weights, d_out, d_finals))
+    want = _flat(_torch_grads(torch, kind, nonlinearity, x, weights, initial, lengths, batch_first, d_out, d_finals))
+    tol = 1e-11 if dtype == np.float64 else 2e-4
+    for a, b in zip(got, want):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@given(
+    B=st.integers(1, 5), T=st.integers(1, 6), D=st.integers(1, 5), H=st.integers(1, 5),
+    layers=st.integers(1, 3), bidirectional=st.booleans(), cell=st.sampled_from(CELLS),
+    seed=st.integers(0, 2**31 - 1), use_lengths=st.booleans(),
+)
+def test_against_torch_shapes(B, T, D, H, layers, bidirectional, cell, seed, use_lengths):
+    torch = pytest.importorskip("torch")
+    kind, nonlinearity = cell
+    weights, x, initial, _, d_out, d_finals = _problem(
+        kind, layers, bidirectional, False, True, B=B, T=T, D=D, H=H, seed=seed
+    )
+    lengths = np.random.default_rng(seed).integers(1, T + 1, size=B) if use_lengths else None
+    _, _, tape = rb.forward(kind, x, weights, initial, lengths, True, nonlinearity)
+    got = _flat(rb.backward(tape, weights, d_out, d_finals))
+    want = _flat(_torch_grads(torch, kind, nonlinearity, x, weights, initial, lengths, True, d_out, d_finals))
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-11)
