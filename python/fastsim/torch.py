@@ -1,4 +1,8 @@
-"""PyTorch front end of the modified triplet loss: fastsim's fused forward and gradient under autograd.
+"""PyTorch front end: fastsim's kernels under autograd.
+
+The modified triplet loss (fused forward and gradient) and drop-in
+``torch.nn.LSTM`` / ``GRU`` / ``RNN`` modules whose forward and backward
+(backpropagation through time) run fastsim's kernels.
 
 Imported only on request (``import fastsim.torch``); ``import fastsim`` never
 imports PyTorch.  The loss runs on the CPU through NumPy views of the tensors,
@@ -22,8 +26,9 @@ import torch
 
 from . import _backend
 from . import triplet as _triplet
+from ._torch_rnn import GRU, LSTM, RNN
 
-__all__ = ["ModifiedTripletLoss", "modified_triplet_loss"]
+__all__ = ["GRU", "LSTM", "ModifiedTripletLoss", "RNN", "modified_triplet_loss"]
 
 _NUMPY_FLOATS = (torch.float32, torch.float64)
 
