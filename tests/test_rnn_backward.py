@@ -256,3 +256,100 @@ def test_against_torch_shapes(B, T, D, H, layers, bidirectional, cell, seed, use
     want = _flat(_torch_grads(torch, kind, nonlinearity, x, weights, initial, lengths, True, d_out, d_finals))
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-11)
+
+
+# --------------------------------------------------------------------------- compiled kernels against the reference
+
+
+def _core_or_skip():
+    import fastsim
+
+    if "cpp" not in fastsim.available_backends():
+        pytest.skip("compiled core not available")
+    return fastsim
+
+
+@pytest.fixture(params=["avx2", "avx512", "generic"])
+def simd_level(request):
+    fastsim = _core_or_skip()
+    if request.param not in fastsim.simd_levels():
+        pytest.skip(f"SIMD level {request.param} not supported here")
+    fastsim.set_simd_level(request.param)
+    yield request.param
+    fastsim.set_simd_level(None)
+
+
+def _backend_grads(be, kind, nonlinearity, x, weights, initial, lengths, batch_first, d_out, d_finals):
+    from fastsim import _rnn_train
+
+    out, finals, tape = _rnn_train.forward(be, kind, x, weights, initial, lengths, batch_first, nonlinearity)
+    dx, d_weights, d_initial = _rnn_train.backward(be, tape, weights, d_out, d_finals)
+    return [out, *finals, *_flat((dx, d_weights, d_initial))]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("layers", "bidirectional", "batch_first", "use_lengths"),
+                         [(1, False, True, False), (2, True, True, True), (2, True, False, True), (1, True, False, False)],
+                         ids=["1-uni-bf-full", "2-bi-bf-lengths", "2-bi-tm-lengths", "1-bi-tm-full"])
+@pytest.mark.parametrize(("kind", "nonlinearity"), CELLS, ids=CELL_IDS)
+def test_cpp_matches_reference(simd_level, kind, nonlinearity, layers, bidirectional, batch_first, use_lengths, dtype):
+    # H = 19 and D = 13: edge tiles and vector tails at every level; B = 7 rows span two micro-tiles
+    weights, x, initial, _, d_out, d_finals = _problem(
+        kind, layers, bidirectional, False, batch_first, B=7, T=9, D=13, H=19, seed=11, dtype=dtype
+    )
+    lengths = np.array([9, 1, 4, 9, 2, 7, 8]) if use_lengths else None
+    x64 = x.astype(np.float64)
+    w64 = [[tuple(a.astype(np.float64) for a in d) for d in layer] for layer in weights]
+    cast = tuple(a.astype(np.float64) for a in initial), d_out.astype(np.float64), tuple(g.astype(np.float64) for g in d_finals)
+    want = _backend_grads("numpy", kind, nonlinearity, x64, w64, cast[0], lengths, batch_first, cast[1], cast[2])
+    got = _backend_grads("cpp", kind, nonlinearity, x, weights, initial, lengths, batch_first, d_out, d_finals)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.dtype == dtype
+        scale = max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * scale, err_msg=f"array {i}")
+
+
+@pytest.mark.parametrize(("kind", "nonlinearity"), CELLS, ids=CELL_IDS)
+def test_cpp_padding_and_nan_rows(simd_level, kind, nonlinearity):
+    weights, x, initial, lengths, d_out, d_finals = _problem(kind, 2, True, True, True, B=3, T=5, D=4, H=5)
+    dirty = x.copy()
+    dirty[1, 1:] = np.nan  # padding of row 1 (length 1)
+    clean = _backend_grads("cpp", kind, nonlinearity, x, weights, initial, lengths, True, d_out, d_finals)
+    got = _backend_grads("cpp", kind, nonlinearity, dirty, weights, initial, lengths, True, d_out, d_finals)
+    for a, b in zip(got, clean):
+        np.testing.assert_array_equal(a, b)
+    # a NaN inside row 0's sequence: rows 1 and 2 keep their input and state gradients
+    dirty = x.copy()
+    dirty[0, 1, 0] = np.nan
+    got = _backend_grads("cpp", kind, nonlinearity, dirty, weights, initial, lengths, True, d_out, d_finals)
+    want = _backend_grads("numpy", kind, nonlinearity, dirty, weights, initial, lengths, True, d_out, d_finals)
+    n_states = 2 if kind == "lstm" else 1
+    dx_at = 1 + n_states
+    np.testing.assert_allclose(got[dx_at][1:], want[dx_at][1:], rtol=1e-12, atol=1e-14)
+    assert np.isnan(got[dx_at][0]).any()
+    np.testing.assert_array_equal(np.isnan(got[dx_at]), np.isnan(want[dx_at]))
+
+
+def test_cpp_binding_checks_its_arrays():
+    fastsim = _core_or_skip()
+    core = fastsim._backend.core()
+    T, B, D, H = 3, 2, 4, 5
+    z = np.zeros
+    args = dict(cell=1, x=z((T, B, D)), W_ih=z((3 * H, D)), W_hh=z((3 * H, H)), b_ih=z(3 * H), b_hh=z(3 * H),
+                lengths=np.array([3, 1]), reverse=False, h=z((B, H)), c=None, out=z((T, B, H)), act=z((T, B, 4 * H)),
+                h_prev=z((T, B, H)), c_prev=None, tanh_c=None)
+    core.rnn_train_forward(**args)
+    with pytest.raises(ValueError, match="lengths must lie within"):
+        core.rnn_train_forward(**{**args, "lengths": np.array([4, 1])})
+    with pytest.raises(ValueError, match="act must have shape"):
+        core.rnn_train_forward(**{**args, "act": z((T, B, 3 * H))})
+    with pytest.raises(TypeError, match="same dtype"):
+        core.rnn_train_forward(**{**args, "h": z((B, H), dtype=np.float32)})
+    with pytest.raises(ValueError, match="c must be None"):
+        core.rnn_train_forward(**{**args, "c": z((B, H))})
+    with pytest.raises(ValueError, match="c is required"):
+        core.rnn_train_forward(**{**args, "cell": 0, "W_ih": z((4 * H, D)), "W_hh": z((4 * H, H)), "b_ih": z(4 * H),
+                                  "b_hh": z(4 * H)})
+    with pytest.raises(ValueError, match="cell must be"):
+        core.rnn_train_forward(**{**args, "cell": 7})

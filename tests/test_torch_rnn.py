@@ -22,9 +22,9 @@ TORCH = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
 FAST = {"lstm": ft.LSTM, "gru": ft.GRU, "rnn": ft.RNN}
 
 
-def _pair(kind, extra, D, H, dtype, **options):
+def _pair(kind, extra, D, H, dtype, backend="auto", **options):
     """A fastsim module and a torch.nn module holding the same (torch-initialized) weights."""
-    fast = FAST[kind](D, H, dtype=dtype, **extra, **options)
+    fast = FAST[kind](D, H, dtype=dtype, backend=backend, **extra, **options)
     ref = TORCH[kind](D, H, dtype=dtype, **extra, **options)
     ref.load_state_dict(fast.state_dict())
     return fast, ref
@@ -95,12 +95,18 @@ def _gradcheck(kind, extra, layers, bidirectional, batch_first, bias, form, with
 # --------------------------------------------------------------------------- against torch.nn
 
 
+BACKENDS = [pytest.param("numpy", id="numpy"),
+            pytest.param("cpp", id="cpp", marks=pytest.mark.skipif(
+                "cpp" not in __import__("fastsim").available_backends(), reason="compiled core not available"))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("form", ["padded", "lengths", "packed"])
 @pytest.mark.parametrize(("kind", "extra"), KINDS, ids=KIND_IDS)
-def test_matches_torch_nn(kind, extra, form, dtype):
+def test_matches_torch_nn(kind, extra, form, dtype, backend):
     B, T, D, H = 5, 6, 4, 3
-    fast, ref = _pair(kind, extra, D, H, dtype, num_layers=2, bidirectional=True, batch_first=True)
+    fast, ref = _pair(kind, extra, D, H, dtype, backend, num_layers=2, bidirectional=True, batch_first=True)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(B, T, D, dtype=dtype, generator=gen)
     hx = _initial(kind, 4, B, H, dtype, gen)
@@ -142,12 +148,13 @@ def test_matches_torch_nn(kind, extra, form, dtype):
         torch.testing.assert_close(a, b, **tol)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(("kind", "extra"), KINDS, ids=KIND_IDS)
-def test_adam_steps_match_torch_nn(kind, extra, dtype):
+def test_adam_steps_match_torch_nn(kind, extra, dtype, backend):
     """20 Adam steps from the same weights and batches: the losses agree at every step."""
     D, H, B, T = 6, 8, 6, 7
-    fast, ref = _pair(kind, extra, D, H, dtype, num_layers=2, bidirectional=True, batch_first=True)
+    fast, ref = _pair(kind, extra, D, H, dtype, backend, num_layers=2, bidirectional=True, batch_first=True)
     head_fast = torch.nn.Linear(2 * H, 1, dtype=dtype)
     head_ref = torch.nn.Linear(2 * H, 1, dtype=dtype)
     head_ref.load_state_dict(head_fast.state_dict())

@@ -1,28 +1,85 @@
 """Training form of the recurrent layers: forward with workspace, backward, per backend.
 
 This room owns the dispatch between the backends' training kernels.  It may
-call :mod:`fastsim._reference.rnn_backward` (the spec), the compiled core and
-the Numba kernels; it checks nothing (callers hand it arrays of one float
-dtype and lengths within 1..T) and knows nothing of PyTorch.
+call :mod:`fastsim._reference.rnn_backward` (the spec, and the stacked driver
+every backend shares) and the compiled core; it checks nothing (callers hand
+it arrays of one float dtype and int64 lengths within 1..T) and knows nothing
+of PyTorch.
 
 ``forward(be, kind, x, weights, initial, lengths, batch_first, nonlinearity)``
 returns ``(outputs, finals, tape)``; ``backward(be, tape, weights, d_outputs,
 d_finals)`` returns ``(dx, d_weights, d_initial)``, shapes as in
 :func:`fastsim._reference.rnn_backward.backward`.  ``weights`` is a list over
 layers of a list over directions of ``(W_ih, W_hh, b_ih, b_hh)`` in PyTorch
-layout; the tape is opaque to the caller and belongs to the backend that made it.
+layout; the tape belongs to the backend that made it.
+
+The stacked driver (layers, directions, layouts, summing the directions'
+input gradients) is the reference's for every backend; a backend supplies
+only the two per-direction kernels.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
+from . import _backend
 from ._reference import rnn_backward as _ref
 
-SUPPORTED = ("numpy",)
+SUPPORTED = ("numpy", "cpp")
+
+
+def _c(a):
+    return np.ascontiguousarray(a)
+
+
+def _cpp_direction_forward(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, reverse):
+    core = _backend.core()
+    x = _c(x)
+    T, B = x.shape[:2]
+    H = W_hh.shape[1]
+    dt = x.dtype
+    lstm = c0 is not None
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    h = np.array(h0, dtype=dt, order="C")
+    c = np.array(c0, dtype=dt, order="C") if lstm else None
+    out = np.zeros((T, B, H), dtype=dt)
+    act = np.zeros((T, B, H if cell.gates == 1 else 4 * H), dtype=dt)
+    h_prev = np.zeros((T, B, H), dtype=dt)
+    c_prev = np.zeros((T, B, H), dtype=dt) if lstm else None
+    tanh_c = np.zeros((T, B, H), dtype=dt) if lstm else None
+    core.rnn_train_forward(cell.core_id, x, _c(W_ih), _c(W_hh), _c(b_ih), _c(b_hh), lengths, reverse, h, c, out, act,
+                           h_prev, c_prev, tanh_c)
+    active = np.arange(T)[:, None] < lengths[None, :]
+    work = {"act": act, "tanh_c": tanh_c, "lengths": lengths}
+    finals = (h,) if c is None else (h, c)
+    return out, finals, _ref.DirectionTape(x, h_prev, c_prev, work, active, reverse)
+
+
+def _cpp_direction_backward(cell, tape, W_ih, W_hh, d_out, d_h, d_c):
+    core = _backend.core()
+    x = tape.x
+    T, B, D = x.shape
+    GH, H = W_hh.shape
+    dt = x.dtype
+    dh = np.array(d_h, dtype=dt, order="C")
+    dc = np.array(d_c, dtype=dt, order="C") if tape.c_prev is not None else None
+    dx = np.empty((T, B, D), dtype=dt)
+    grads = (np.empty((GH, D), dtype=dt), np.empty((GH, H), dtype=dt), np.empty(GH, dtype=dt), np.empty(GH, dtype=dt))
+    work = tape.work
+    core.rnn_train_backward(cell.core_id, x, _c(W_ih), _c(W_hh), work["lengths"], tape.reverse, work["act"],
+                            tape.h_prev, tape.c_prev, work["tanh_c"], _c(d_out), dh, dc, dx, *grads)
+    return dx, grads, dh, dc
+
+
+_DIRECTIONS = {
+    "numpy": (_ref.direction_forward, _ref.direction_backward),
+    "cpp": (_cpp_direction_forward, _cpp_direction_backward),
+}
 
 
 def forward(be, kind, x, weights, initial, lengths, batch_first, nonlinearity="tanh"):
-    return _ref.forward(kind, x, weights, initial, lengths, batch_first, nonlinearity)
+    return _ref.forward(kind, x, weights, initial, lengths, batch_first, nonlinearity, direction=_DIRECTIONS[be][0])
 
 
 def backward(be, tape, weights, d_outputs, d_finals):
-    return _ref.backward(tape, weights, d_outputs, d_finals)
+    return _ref.backward(tape, weights, d_outputs, d_finals, direction=_DIRECTIONS[be][1])

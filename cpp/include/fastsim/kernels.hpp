@@ -42,6 +42,14 @@ struct TypedKernels {
   void (*rnn_run_ids)(const void* weights, const T* table, const int64_t* ids, index_t B, index_t T_len,
                       const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off,
                       T* pool, index_t pool_ld, const int64_t* pool_until);
+  // Training form (rnn_train.hpp): one direction, time-major, forward with workspace and its backward.
+  void (*rnn_train_forward)(int cell, const T* x, index_t T_len, index_t B, index_t D, index_t H, const T* W_ih,
+                            const T* W_hh, const T* b_ih, const T* b_hh, const int64_t* lengths, bool reverse, T* h,
+                            T* c, T* out, T* act, T* h_prev, T* c_prev, T* tanh_c);
+  void (*rnn_train_backward)(int cell, const T* x, index_t T_len, index_t B, index_t D, index_t H, const T* W_ih,
+                             const T* W_hh, const int64_t* lengths, bool reverse, const T* act, const T* h_prev,
+                             const T* c_prev, const T* tanh_c, const T* d_out, T* dh, T* dc, T* dx, T* dW_ih,
+                             T* dW_hh, T* db_ih, T* db_hh);
 };
 
 struct KernelTable {

@@ -75,6 +75,7 @@ __all__ = ["CELLS", "DirectionTape", "StackTape", "backward", "forward"]
 class _LSTMCell:
     """LSTM step: workspace per step is ``gates`` (B, 4H) = [i, f, g, o] and the new cell ``c'``."""
 
+    core_id = 0  # the compiled kernels' cell number
     gates = 4
     n_states = 2
 
@@ -102,6 +103,7 @@ class _LSTMCell:
 class _GRUCell:
     """GRU step: workspace per step is ``gates`` (B, 4H) = [r, z, n, a_h,n]."""
 
+    core_id = 1  # the compiled kernels' cell number
     gates = 3
     n_states = 1
 
@@ -137,6 +139,7 @@ class _RNNCell:
 
     def __init__(self, nonlinearity="tanh"):
         self.relu = nonlinearity == "relu"
+        self.core_id = 3 if self.relu else 2  # the compiled kernels' cell number
 
     def step(self, a_x, h, c, W_hh, b_hh):
         a = a_x + h @ W_hh.T + b_hh
@@ -262,7 +265,8 @@ class StackTape(NamedTuple):
     layers: list
 
 
-def forward(kind, x, weights, initial=None, lengths=None, batch_first=True, nonlinearity="tanh"):
+def forward(kind, x, weights, initial=None, lengths=None, batch_first=True, nonlinearity="tanh", *,
+            direction=direction_forward):
     """Stacked, optionally bidirectional forward pass that keeps its workspace.
 
     Parameters
@@ -279,6 +283,10 @@ def forward(kind, x, weights, initial=None, lengths=None, batch_first=True, nonl
     outputs, finals, tape
         As :func:`fastsim._reference.rnn.lstm` (finals a tuple of state arrays),
         and the :class:`StackTape` that :func:`backward` reads.
+
+    ``direction`` runs one layer's direction (signature of
+    :func:`direction_forward`); another backend passes its own kernel and
+    keeps this driver.
     """
     cell = _cell(kind, nonlinearity)
     seq = np.swapaxes(x, 0, 1) if batch_first else x
@@ -296,7 +304,7 @@ def forward(kind, x, weights, initial=None, lengths=None, batch_first=True, nonl
         for d, (W_ih, W_hh, b_ih, b_hh) in enumerate(directions):
             k = layer * num_dirs + d
             c0 = initial[1][k] if cell.n_states == 2 else None
-            out, last, tape = direction_forward(cell, seq, W_ih, W_hh, b_ih, b_hh, initial[0][k], c0, lengths, d == 1)
+            out, last, tape = direction(cell, seq, W_ih, W_hh, b_ih, b_hh, initial[0][k], c0, lengths, d == 1)
             outs.append(out)
             layer_tapes.append(tape)
             for f, value in zip(finals, last):
@@ -307,7 +315,7 @@ def forward(kind, x, weights, initial=None, lengths=None, batch_first=True, nonl
     return outputs, tuple(finals), StackTape(kind, nonlinearity, batch_first, tapes)
 
 
-def backward(tape: StackTape, weights, d_outputs=None, d_finals=None):
+def backward(tape: StackTape, weights, d_outputs=None, d_finals=None, *, direction=direction_backward):
     """Gradients of a stacked run from the gradients of its outputs and final states.
 
     Parameters
@@ -323,6 +331,9 @@ def backward(tape: StackTape, weights, d_outputs=None, d_finals=None):
     dx : ndarray, shape of ``x``
     d_weights : list over layers of list over directions of ``(dW_ih, dW_hh, db_ih, db_hh)``
     d_initial : tuple of arrays (layers * directions, B, H), one per state
+
+    ``direction`` is the per-direction backward (signature of
+    :func:`direction_backward`) matching the forward's ``direction``.
     """
     cell = _cell(tape.kind, tape.nonlinearity)
     first = tape.layers[0][0]
@@ -345,7 +356,7 @@ def backward(tape: StackTape, weights, d_outputs=None, d_finals=None):
             k = layer * num_dirs + d
             W_ih, W_hh = weights[layer][d][:2]
             d_c = d_finals[1][k] if cell.n_states == 2 else None
-            dx, grads, dh0, dc0 = direction_backward(
+            dx, grads, dh0, dc0 = direction(
                 cell, tape.layers[layer][d], W_ih, W_hh, d_seq[:, :, d * H : (d + 1) * H], d_finals[0][k], d_c
             )
             d_weights[layer][d] = grads
