@@ -251,3 +251,51 @@ def test_bad_input():
     g = ft.GRU(3, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match="hx must have shape"):
         g(torch.randn(5, 2, 3, dtype=torch.float64), torch.zeros(2, 2, 4, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- the Siamese encoder
+
+
+@pytest.mark.parametrize("pooling", ["mean", "masked_mean", "last"])
+def test_siamese_encoder_matches_torch_nn(pooling):
+    V, E, H, B, T = 50, 6, 5, 4, 7
+    enc = ft.SiameseEncoder(V, E, H, pooling=pooling, dtype=torch.float64)
+    ids = torch.randint(1, V, (B, T), generator=torch.Generator().manual_seed(2))
+    lengths = torch.tensor([7, 3, 5, 1])
+    ids[torch.arange(T)[None, :] >= lengths[:, None]] = 0
+    emb = torch.nn.Embedding(V, E, dtype=torch.float64)
+    lstm = torch.nn.LSTM(E, H, batch_first=True, dtype=torch.float64)
+    emb.load_state_dict(enc.embedding.state_dict())
+    lstm.load_state_dict(enc.lstm.state_dict())
+    out, (h, _) = lstm(emb(ids))
+    if pooling == "mean":
+        want = out.mean(dim=1)
+    elif pooling == "masked_mean":
+        mask = (torch.arange(T)[None, :] < lengths[:, None]).to(out.dtype)
+        want = (out * mask[:, :, None]).sum(dim=1) / lengths[:, None]
+    else:  # the output at the last real token (no lengths: the LSTM ran over the padding too)
+        want = out[torch.arange(B), lengths - 1]
+    want = torch.nn.functional.normalize(want, dim=1)
+    got = enc(ids)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # gradients reach the embedding and the LSTM weights, equal to torch.nn's
+    got.sum().backward()
+    want.sum().backward()
+    torch.testing.assert_close(enc.embedding.weight.grad, emb.weight.grad, rtol=1e-11, atol=1e-12)
+    torch.testing.assert_close(enc.lstm.weight_hh_l0.grad, lstm.weight_hh_l0.grad, rtol=1e-11, atol=1e-12)
+    # the trained weights move to fastsim's inference encoder
+    np.testing.assert_allclose(enc.to_fastsim().encode(ids.numpy()), got.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_siamese_encoder_with_lengths_and_triplet_loss():
+    enc = ft.SiameseEncoder(30, 4, 3, pooling="masked_mean", dtype=torch.float64)
+    q1 = torch.randint(1, 30, (5, 6), generator=torch.Generator().manual_seed(4))
+    q2 = torch.randint(1, 30, (5, 6), generator=torch.Generator().manual_seed(5))
+    lengths = torch.tensor([6, 2, 3, 6, 1])
+    loss = ft.ModifiedTripletLoss()(enc(q1, lengths), enc(q2, lengths))
+    loss.backward()
+    assert torch.isfinite(loss) and enc.lstm.weight_ih_l0.grad is not None
+    with pytest.raises(TypeError, match="ids must be a 2-D integer tensor"):
+        enc(torch.zeros(5, 6))
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        ft.SiameseEncoder(30, pooling="max")

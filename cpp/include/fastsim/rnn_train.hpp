@@ -78,6 +78,40 @@ inline int pass_threads(index_t elems) {
   return nt;
 }
 
+// Threads over slices of the batch, each running the whole time loop on its
+// rows with single-threaded GEMMs: the rows of a recurrent step are
+// independent, so no thread waits for another between steps.  (A barrier per
+// step, with a parallel GEMM and a parallel gate pass, ran 8-15x slower than
+// one thread on this shared 2-core host whenever a neighbour's process took
+// one of the cores.)  About 16 rows per thread at least.
+inline int slice_threads(index_t B) {
+  int nt = 1;
+#ifdef _OPENMP
+  nt = static_cast<int>(std::max<index_t>(1, std::min<index_t>(num_threads(), B / 16)));
+#else
+  (void)B;
+#endif
+  return nt;
+}
+
+template <class F>
+inline void over_slices(index_t B, F&& f) {
+  const int nt = slice_threads(B);
+  auto run = [&](int tid, int nthr) {
+    // slice boundaries on multiples of 8 rows where possible (whole micro-tiles)
+    const index_t b0 = (B * tid / nthr) / 8 * 8, b1 = tid + 1 == nthr ? B : (B * (tid + 1) / nthr) / 8 * 8;
+    if (b1 > b0) f(b0, b1);
+  };
+#ifdef _OPENMP
+  if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+    run(omp_get_thread_num(), omp_get_num_threads());
+    return;
+  }
+#endif
+  run(0, 1);
+}
+
 template <class T>
 struct Dims {
   Cell cell;
@@ -155,73 +189,76 @@ void forward(int cell_id, const T* x, index_t T_len, index_t B, index_t D, index
   PackedB<T> whh;
   whh.pack(W_hh, H, GH, H);
   AlignedBuffer<T> rec(static_cast<std::size_t>(B * GH));
-  const int nt = pass_threads<T>(B * GH);
-  for (index_t s = 0; s < T_len; ++s) {
-    const index_t t = reverse ? T_len - 1 - s : s;
-    std::memcpy(h_prev + t * B * H, h, sizeof(T) * static_cast<std::size_t>(B * H));
-    if (c_prev) std::memcpy(c_prev + t * B * H, c, sizeof(T) * static_cast<std::size_t>(B * H));
-    StoreEpilogue<T> st{rec.data(), GH, T(1)};
-    gemm_nt<T>(h, H, nullptr, 0, B, GH, H, st, opt, &whh);
-    const T* pxw = xw.data() + t * B * GH;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-    for (index_t b = 0; b < B; ++b) {
-      if (t >= lengths[b]) continue;  // frozen: state kept, output stays 0
-      DenormalGuard denormals(true);
-      const T* xr = pxw + b * GH;
-      const T* hr = rec.data() + b * GH;
-      T* ar = act + (t * B + b) * A;
-      T* hb = h + b * H;
-      T* ob = out + (t * B + b) * H;
-      if (cell == Cell::LSTM) {
-        T* cb = c + b * H;
-        T* tc = tanh_c + (t * B + b) * H;
-        for_lanes<T>(H, [&](index_t j, auto tag) {
-          using V = decltype(tag);
-          const V i = vsigmoid<T>(ld<V>(xr + j) + ld<V>(hr + j));
-          const V f = vsigmoid<T>(ld<V>(xr + H + j) + ld<V>(hr + H + j));
-          const V g = vtanh<T>(ld<V>(xr + 2 * H + j) + ld<V>(hr + 2 * H + j));
-          const V o = vsigmoid<T>(ld<V>(xr + 3 * H + j) + ld<V>(hr + 3 * H + j));
-          const V cn = f * ld<V>(cb + j) + i * g;
-          const V tcn = vtanh<T>(cn);
-          const V hn = o * tcn;
-          store(ar + j, i);
-          store(ar + H + j, f);
-          store(ar + 2 * H + j, g);
-          store(ar + 3 * H + j, o);
-          store(tc + j, tcn);
-          store(cb + j, cn);
-          store(hb + j, hn);
-          store(ob + j, hn);
-        });
-      } else if (cell == Cell::GRU) {
-        const T* bh = bias_h.data();
-        for_lanes<T>(H, [&](index_t j, auto tag) {
-          using V = decltype(tag);
-          const V hn_part = ld<V>(hr + 2 * H + j) + ld<V>(bh + 2 * H + j);
-          const V r = vsigmoid<T>(ld<V>(xr + j) + ld<V>(hr + j) + ld<V>(bh + j));
-          const V z = vsigmoid<T>(ld<V>(xr + H + j) + ld<V>(hr + H + j) + ld<V>(bh + H + j));
-          const V n = vtanh<T>(ld<V>(xr + 2 * H + j) + r * hn_part);
-          const V hn = (T(1) - z) * n + z * ld<V>(hb + j);
-          store(ar + j, r);
-          store(ar + H + j, z);
-          store(ar + 2 * H + j, n);
-          store(ar + 3 * H + j, hn_part);
-          store(hb + j, hn);
-          store(ob + j, hn);
-        });
-      } else {
-        const bool relu = cell == Cell::RNN_RELU;
-        for_lanes<T>(H, [&](index_t j, auto tag) {
-          using V = decltype(tag);
-          const V a = ld<V>(xr + j) + ld<V>(hr + j);
-          const V hn = relu ? relu_keep_nan(a) : vtanh<T>(a);
-          store(ar + j, hn);
-          store(hb + j, hn);
-          store(ob + j, hn);
-        });
+  GemmOptions one;
+  one.threads = 1;
+  over_slices(B, [&](index_t b0, index_t b1) {
+    DenormalGuard denormals(true);
+    const index_t rows = b1 - b0;
+    for (index_t s = 0; s < T_len; ++s) {
+      const index_t t = reverse ? T_len - 1 - s : s;
+      std::memcpy(h_prev + (t * B + b0) * H, h + b0 * H, sizeof(T) * static_cast<std::size_t>(rows * H));
+      if (c_prev) std::memcpy(c_prev + (t * B + b0) * H, c + b0 * H, sizeof(T) * static_cast<std::size_t>(rows * H));
+      StoreEpilogue<T> st{rec.data() + b0 * GH, GH, T(1)};
+      gemm_nt<T>(h + b0 * H, H, nullptr, 0, rows, GH, H, st, one, &whh);
+      const T* pxw = xw.data() + t * B * GH;
+      for (index_t b = b0; b < b1; ++b) {
+        if (t >= lengths[b]) continue;  // frozen: state kept, output stays 0
+        const T* xr = pxw + b * GH;
+        const T* hr = rec.data() + b * GH;
+        T* ar = act + (t * B + b) * A;
+        T* hb = h + b * H;
+        T* ob = out + (t * B + b) * H;
+        if (cell == Cell::LSTM) {
+          T* cb = c + b * H;
+          T* tc = tanh_c + (t * B + b) * H;
+          for_lanes<T>(H, [&](index_t j, auto tag) {
+            using V = decltype(tag);
+            const V i = vsigmoid<T>(ld<V>(xr + j) + ld<V>(hr + j));
+            const V f = vsigmoid<T>(ld<V>(xr + H + j) + ld<V>(hr + H + j));
+            const V g = vtanh<T>(ld<V>(xr + 2 * H + j) + ld<V>(hr + 2 * H + j));
+            const V o = vsigmoid<T>(ld<V>(xr + 3 * H + j) + ld<V>(hr + 3 * H + j));
+            const V cn = f * ld<V>(cb + j) + i * g;
+            const V tcn = vtanh<T>(cn);
+            const V hn = o * tcn;
+            store(ar + j, i);
+            store(ar + H + j, f);
+            store(ar + 2 * H + j, g);
+            store(ar + 3 * H + j, o);
+            store(tc + j, tcn);
+            store(cb + j, cn);
+            store(hb + j, hn);
+            store(ob + j, hn);
+          });
+        } else if (cell == Cell::GRU) {
+          const T* bh = bias_h.data();
+          for_lanes<T>(H, [&](index_t j, auto tag) {
+            using V = decltype(tag);
+            const V hn_part = ld<V>(hr + 2 * H + j) + ld<V>(bh + 2 * H + j);
+            const V r = vsigmoid<T>(ld<V>(xr + j) + ld<V>(hr + j) + ld<V>(bh + j));
+            const V z = vsigmoid<T>(ld<V>(xr + H + j) + ld<V>(hr + H + j) + ld<V>(bh + H + j));
+            const V n = vtanh<T>(ld<V>(xr + 2 * H + j) + r * hn_part);
+            const V hn = (T(1) - z) * n + z * ld<V>(hb + j);
+            store(ar + j, r);
+            store(ar + H + j, z);
+            store(ar + 2 * H + j, n);
+            store(ar + 3 * H + j, hn_part);
+            store(hb + j, hn);
+            store(ob + j, hn);
+          });
+        } else {
+          const bool relu = cell == Cell::RNN_RELU;
+          for_lanes<T>(H, [&](index_t j, auto tag) {
+            using V = decltype(tag);
+            const V a = ld<V>(xr + j) + ld<V>(hr + j);
+            const V hn = relu ? relu_keep_nan(a) : vtanh<T>(a);
+            store(ar + j, hn);
+            store(hb + j, hn);
+            store(ob + j, hn);
+          });
+        }
       }
     }
-  }
+  });
 }
 
 // ---------------------------------------------------------------- backward
@@ -320,6 +357,7 @@ struct StepEpilogue {
   const int64_t* lengths;
   index_t t, next;  // next < 0: no further step
   index_t H;
+  index_t row0;  // the GEMM's row 0 is batch row row0 (a thread's slice)
 
   template <int MR, int NV, class V>
   inline void operator()(index_t i0, index_t j0, int mr, int nr, V (&acc)[MR][NV], int) {
@@ -327,7 +365,7 @@ struct StepEpilogue {
     alignas(64) T tile[MR * NV * L];
     tile_to_array<MR, NV>(acc, tile);
     for (int r = 0; r < mr; ++r) {
-      const index_t b = i0 + r;
+      const index_t b = row0 + i0 + r;
       if (t < lengths[b]) {
         T* dhb = dh + b * H + j0;
         const T* tr = tile + r * NV * L;
@@ -371,25 +409,27 @@ void backward(int cell_id, const T* x, index_t T_len, index_t B, index_t D, inde
   auto step_time = [&](index_t s) { return reverse ? s : T_len - 1 - s; };  // the forward's order, reversed
   GemmOptions opt;
   opt.flush_denormals = true;
-  {
+  GemmOptions one;
+  one.threads = 1;
+  over_slices(B, [&](index_t b0, index_t b1) {
     DenormalGuard denormals(true);
     const index_t t0 = step_time(0);
-    for (index_t b = 0; b < B; ++b) {
+    for (index_t b = b0; b < b1; ++b) {
       if (t0 < lengths[b])
         gates(t0, b, 0, H);
       else
         gates.zero(t0, b);
     }
-  }
-  for (index_t s = 0; s < T_len; ++s) {
-    const index_t t = step_time(s);
-    const index_t next = s + 1 < T_len ? step_time(s + 1) : -1;
-    if (next >= 0)
-      for (index_t b = 0; b < B; ++b)
-        if (next >= lengths[b]) gates.zero(next, b);
-    StepEpilogue<T> ep{&gates, dh, direct, lengths, t, next, H};
-    gemm_nt<T>(da_h + t * B * GH, GH, nullptr, 0, B, H, GH, ep, opt, &whh);
-  }
+    for (index_t s = 0; s < T_len; ++s) {
+      const index_t t = step_time(s);
+      const index_t next = s + 1 < T_len ? step_time(s + 1) : -1;
+      if (next >= 0)
+        for (index_t b = b0; b < b1; ++b)
+          if (next >= lengths[b]) gates.zero(next, b);
+      StepEpilogue<T> ep{&gates, dh, direct, lengths, t, next, H, b0};
+      gemm_nt<T>(da_h + (t * B + b0) * GH, GH, nullptr, 0, b1 - b0, H, GH, ep, one, &whh);
+    }
+  });
   // Input and weight gradients over all steps at once.
   std::vector<T> w_ih_t(static_cast<std::size_t>(D * GH));
   if (dx && D > 0) {
