@@ -43,10 +43,11 @@ def _cpp_direction_forward(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, rev
     h = np.array(h0, dtype=dt, order="C")
     c = np.array(c0, dtype=dt, order="C") if lstm else None
     out = np.zeros((T, B, H), dtype=dt)
-    act = np.zeros((T, B, H if cell.gates == 1 else 4 * H), dtype=dt)
-    h_prev = np.zeros((T, B, H), dtype=dt)
-    c_prev = np.zeros((T, B, H), dtype=dt) if lstm else None
-    tanh_c = np.zeros((T, B, H), dtype=dt) if lstm else None
+    # the workspace: every entry the backward reads is written (rows past their length are never read)
+    act = np.empty((T, B, H if cell.gates == 1 else 4 * H), dtype=dt)
+    h_prev = np.empty((T, B, H), dtype=dt)
+    c_prev = np.empty((T, B, H), dtype=dt) if lstm else None
+    tanh_c = np.empty((T, B, H), dtype=dt) if lstm else None
     core.rnn_train_forward(cell.core_id, x, _c(W_ih), _c(W_hh), _c(b_ih), _c(b_hh), lengths, reverse, h, c, out, act,
                            h_prev, c_prev, tanh_c)
     active = np.arange(T)[:, None] < lengths[None, :]

@@ -55,6 +55,19 @@ inline void for_lanes(index_t n, F&& f) {
   for (; j < n; ++j) f(j, V1{});
 }
 
+// Buffers of the calling thread kept for its next call: the backward's
+// gradient buffers are tens of MiB at the course's sizes, and fresh pages
+// cost their first touch (the kernel clearing pages took 12% of a
+// (512, 32, 128, 128) LSTM backward).
+enum KeptBuffer { kKeptXW = 0, kKeptRec, kKeptDAx, kKeptDAh, kKeptDirect, kKeptDAt, kKeptInT, kKeptBuffers };
+
+template <class T>
+inline T* kept(int slot, index_t n) {
+  thread_local AlignedBuffer<unsigned char> buffers[kKeptBuffers];
+  buffers[slot].resize(static_cast<std::size_t>(std::max<index_t>(n, 1)) * sizeof(T));
+  return reinterpret_cast<T*>(buffers[slot].data());
+}
+
 template <class V, class T>
 inline V ld(const T* p) {
   return load<V>(p);
@@ -155,11 +168,11 @@ struct AccumulateEpilogue {
 // C (m x n) = A B^T with A (m x k) and B (n x k) both of row stride k, over
 // k-chunks so that an A micro-panel stays in L1 even for k = T * B.
 template <class T>
-void gemm_nt_chunked(const T* a, const T* b, index_t m, index_t n, index_t k, T* c) {
+void gemm_nt_chunked(const T* a, const T* b, index_t m, index_t n, index_t k, T* c, GemmOptions opt) {
   std::fill(c, c + m * n, T(0));
   constexpr index_t kc = 512;
   AccumulateEpilogue<T> ep{c, n};
-  for (index_t k0 = 0; k0 < k; k0 += kc) gemm_nt<T>(a + k0, k, b + k0, k, m, n, std::min(kc, k - k0), ep);
+  for (index_t k0 = 0; k0 < k; k0 += kc) gemm_nt<T>(a + k0, k, b + k0, k, m, n, std::min(kc, k - k0), ep, opt);
 }
 
 // ---------------------------------------------------------------- forward
@@ -178,17 +191,19 @@ void forward(int cell_id, const T* x, index_t T_len, index_t B, index_t D, index
     bias_x[g] = b_ih[g] + (cell == Cell::GRU ? T(0) : b_hh[g]);
     if (cell == Cell::GRU) bias_h[g] = b_hh[g];
   }
-  AlignedBuffer<T> xw(static_cast<std::size_t>(T_len * B * GH));
-  BiasStoreEpilogue<T> proj{xw.data(), GH, bias_x.data()};
+  T* xw = kept<T>(kKeptXW, T_len * B * GH);
+  BiasStoreEpilogue<T> proj{xw, GH, bias_x.data()};
   GemmOptions opt;
   opt.flush_denormals = true;
+  // a small projection on the calling thread (see the backward's products)
+  if (2.0 * static_cast<double>(T_len * B) * static_cast<double>(GH) * static_cast<double>(D) < 1.6e7) opt.threads = 1;
   if (D > 0)
     gemm_nt<T>(x, D, W_ih, D, T_len * B, GH, D, proj, opt);
   else
-    for (index_t r = 0; r < T_len * B; ++r) std::copy(bias_x.begin(), bias_x.end(), xw.data() + r * GH);
+    for (index_t r = 0; r < T_len * B; ++r) std::copy(bias_x.begin(), bias_x.end(), xw + r * GH);
   PackedB<T> whh;
   whh.pack(W_hh, H, GH, H);
-  AlignedBuffer<T> rec(static_cast<std::size_t>(B * GH));
+  T* rec = kept<T>(kKeptRec, B * GH);
   GemmOptions one;
   one.threads = 1;
   over_slices(B, [&](index_t b0, index_t b1) {
@@ -198,13 +213,13 @@ void forward(int cell_id, const T* x, index_t T_len, index_t B, index_t D, index
       const index_t t = reverse ? T_len - 1 - s : s;
       std::memcpy(h_prev + (t * B + b0) * H, h + b0 * H, sizeof(T) * static_cast<std::size_t>(rows * H));
       if (c_prev) std::memcpy(c_prev + (t * B + b0) * H, c + b0 * H, sizeof(T) * static_cast<std::size_t>(rows * H));
-      StoreEpilogue<T> st{rec.data() + b0 * GH, GH, T(1)};
+      StoreEpilogue<T> st{rec + b0 * GH, GH, T(1)};
       gemm_nt<T>(h + b0 * H, H, nullptr, 0, rows, GH, H, st, one, &whh);
-      const T* pxw = xw.data() + t * B * GH;
+      const T* pxw = xw + t * B * GH;
       for (index_t b = b0; b < b1; ++b) {
         if (t >= lengths[b]) continue;  // frozen: state kept, output stays 0
         const T* xr = pxw + b * GH;
-        const T* hr = rec.data() + b * GH;
+        const T* hr = rec + b * GH;
         T* ar = act + (t * B + b) * A;
         T* hb = h + b * H;
         T* ob = out + (t * B + b) * H;
@@ -394,11 +409,9 @@ void backward(int cell_id, const T* x, index_t T_len, index_t B, index_t D, inde
   if (T_len <= 0 || B <= 0) return;
   if (dx) std::fill(dx, dx + N * D, T(0));
   const bool split_h = d.cell == Cell::GRU;  // d a_x and d a_h differ only for the GRU
-  AlignedBuffer<T> da_x_buf(static_cast<std::size_t>(N * GH)), da_h_buf(split_h ? static_cast<std::size_t>(N * GH) : 0);
-  AlignedBuffer<T> direct_buf(split_h ? static_cast<std::size_t>(B * H) : 0);
-  T* da_x = da_x_buf.data();
-  T* da_h = split_h ? da_h_buf.data() : da_x;
-  T* direct = split_h ? direct_buf.data() : nullptr;
+  T* da_x = kept<T>(kKeptDAx, N * GH);
+  T* da_h = split_h ? kept<T>(kKeptDAh, N * GH) : da_x;
+  T* direct = split_h ? kept<T>(kKeptDirect, B * H) : nullptr;
   if (direct) std::fill(direct, direct + B * H, T(0));
   GateBackward<T> gates{d, act, h_prev, c_prev, tanh_c, d_out, dh, dc, direct, da_x, da_h};
   // W_hh^T (H x GH) packed once: dh(t-1) = dA_h(t) W_hh is A B^T with B = W_hh^T.
@@ -430,7 +443,13 @@ void backward(int cell_id, const T* x, index_t T_len, index_t B, index_t D, inde
       gemm_nt<T>(da_h + (t * B + b0) * GH, GH, nullptr, 0, b1 - b0, H, GH, ep, one, &whh);
     }
   });
-  // Input and weight gradients over all steps at once.
+  // Input and weight gradients over all steps at once.  Small ones on the
+  // calling thread: below ~32 MFLOP for the three products a second thread
+  // saves tens of microseconds, and on a shared host waking it can cost
+  // milliseconds (B = 1, T = 50, H = 128 backward: 16 ms instead of ~1.5 ms
+  // at a load of 4.8 on 2 cores).
+  const double big_flops = 2.0 * static_cast<double>(N) * static_cast<double>(GH) * static_cast<double>(2 * D + H);
+  if (big_flops < 3.2e7) opt.threads = 1;
   std::vector<T> w_ih_t(static_cast<std::size_t>(D * GH));
   if (dx && D > 0) {
     transpose(W_ih, GH, D, w_ih_t.data());
@@ -440,31 +459,32 @@ void backward(int cell_id, const T* x, index_t T_len, index_t B, index_t D, inde
   std::vector<uint8_t> inactive(static_cast<std::size_t>(N));
   for (index_t t = 0; t < T_len; ++t)
     for (index_t b = 0; b < B; ++b) inactive[t * B + b] = t >= lengths[b];
-  AlignedBuffer<T> da_t(static_cast<std::size_t>(GH * N)), in_t(static_cast<std::size_t>(std::max(D, H) * N));
-  transpose(da_x, N, GH, da_t.data());
+  T* da_t = kept<T>(kKeptDAt, GH * N);
+  T* in_t = kept<T>(kKeptInT, std::max(D, H) * N);
+  transpose(da_x, N, GH, da_t);
   for (index_t g = 0; g < GH; ++g) {
     T sum = 0;
-    const T* row = da_t.data() + g * N;
+    const T* row = da_t + g * N;
     for (index_t r = 0; r < N; ++r) sum += row[r];
     db_ih[g] = sum;
   }
   if (D > 0) {
-    transpose(x, N, D, in_t.data(), inactive.data());  // padding inputs take no part
-    gemm_nt_chunked<T>(da_t.data(), in_t.data(), GH, D, N, dW_ih);
+    transpose(x, N, D, in_t, inactive.data());  // padding inputs take no part
+    gemm_nt_chunked<T>(da_t, in_t, GH, D, N, dW_ih, opt);
   }
   if (split_h) {
-    transpose(da_h, N, GH, da_t.data());
+    transpose(da_h, N, GH, da_t);
     for (index_t g = 0; g < GH; ++g) {
       T sum = 0;
-      const T* row = da_t.data() + g * N;
+      const T* row = da_t + g * N;
       for (index_t r = 0; r < N; ++r) sum += row[r];
       db_hh[g] = sum;
     }
   } else {
     std::copy(db_ih, db_ih + GH, db_hh);
   }
-  transpose(h_prev, N, H, in_t.data());
-  gemm_nt_chunked<T>(da_t.data(), in_t.data(), GH, H, N, dW_hh);
+  transpose(h_prev, N, H, in_t);
+  gemm_nt_chunked<T>(da_t, in_t, GH, H, N, dW_hh, opt);
 }
 
 }  // namespace train
