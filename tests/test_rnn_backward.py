@@ -353,3 +353,25 @@ def test_cpp_binding_checks_its_arrays():
                                   "b_hh": z(4 * H)})
     with pytest.raises(ValueError, match="cell must be"):
         core.rnn_train_forward(**{**args, "cell": 7})
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("use_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize(("kind", "nonlinearity"), CELLS, ids=CELL_IDS)
+def test_numba_matches_reference(kind, nonlinearity, use_lengths, dtype):
+    import fastsim
+
+    if "numba" not in fastsim.available_backends():
+        pytest.skip("numba not available")
+    weights, x, initial, _, d_out, d_finals = _problem(kind, 2, True, False, True, B=5, T=6, D=4, H=7, seed=13,
+                                                      dtype=dtype)
+    lengths = np.array([6, 1, 3, 6, 2]) if use_lengths else None
+    x[1, 1:] = np.nan  # padding of row 1 when lengths are given; a NaN row otherwise
+    want = _backend_grads("numpy", kind, nonlinearity, x, weights, initial, lengths, True, d_out, d_finals)
+    got = _backend_grads("numba", kind, nonlinearity, x, weights, initial, lengths, True, d_out, d_finals)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.dtype == dtype
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=f"NaN pattern of array {i}")
+        ok = ~np.isnan(b)
+        np.testing.assert_allclose(a[ok], b[ok], rtol=tol, atol=tol, err_msg=f"array {i}")

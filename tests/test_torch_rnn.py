@@ -98,9 +98,11 @@ def _gradcheck(kind, extra, layers, bidirectional, batch_first, bias, form, with
 BACKENDS = [pytest.param("numpy", id="numpy"),
             pytest.param("cpp", id="cpp", marks=pytest.mark.skipif(
                 "cpp" not in __import__("fastsim").available_backends(), reason="compiled core not available"))]
+ALL_BACKENDS = [*BACKENDS, pytest.param("numba", id="numba", marks=pytest.mark.skipif(
+    "numba" not in __import__("fastsim").available_backends(), reason="numba not available"))]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("form", ["padded", "lengths", "packed"])
 @pytest.mark.parametrize(("kind", "extra"), KINDS, ids=KIND_IDS)

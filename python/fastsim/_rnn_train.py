@@ -2,7 +2,7 @@
 
 This room owns the dispatch between the backends' training kernels.  It may
 call :mod:`fastsim._reference.rnn_backward` (the spec, and the stacked driver
-every backend shares) and the compiled core; it checks nothing (callers hand
+every backend shares), the compiled core and :mod:`fastsim._numba.rnn_backward`; it checks nothing (callers hand
 it arrays of one float dtype and int64 lengths within 1..T) and knows nothing
 of PyTorch.
 
@@ -25,7 +25,7 @@ import numpy as np
 from . import _backend
 from ._reference import rnn_backward as _ref
 
-SUPPORTED = ("numpy", "cpp")
+SUPPORTED = ("numpy", "numba", "cpp")
 
 
 def _c(a):
@@ -72,8 +72,32 @@ def _cpp_direction_backward(cell, tape, W_ih, W_hh, d_out, d_h, d_c):
     return dx, grads, dh, dc
 
 
+def _numba_direction_backward(cell, tape, W_ih, W_hh, d_out, d_h, d_c):
+    """The reference's forward and all-steps products; the walk back through time in Numba."""
+    kernels = _backend.numba_module("rnn_backward")
+    T = d_out.shape[0]
+    order = np.arange(T, dtype=np.int64) if tape.reverse else np.arange(T - 1, -1, -1, dtype=np.int64)
+    dt = d_out.dtype
+    dh = np.array(d_h, dtype=dt, order="C")
+    d_out = _c(d_out)
+    W_hh = _c(W_hh)
+    work = tape.work
+    dc = None
+    if tape.c_prev is not None:
+        dc = np.array(d_c, dtype=dt, order="C")
+        da_x, da_h = kernels.lstm_steps(order, tape.active, work["gates"], tape.c_prev, work["c_new"], d_out, dh, dc,
+                                        W_hh)
+    elif "gates" in work:
+        da_x, da_h = kernels.gru_steps(order, tape.active, work["gates"], tape.h_prev, d_out, dh, W_hh)
+    else:
+        da_x, da_h = kernels.rnn_steps(order, tape.active, work["h_new"], d_out, dh, W_hh, cell.relu)
+    dx, grads = _ref.all_steps_products(tape, W_ih, da_x, da_h)
+    return dx, grads, dh, dc
+
+
 _DIRECTIONS = {
     "numpy": (_ref.direction_forward, _ref.direction_backward),
+    "numba": (_ref.direction_forward, _numba_direction_backward),
     "cpp": (_cpp_direction_forward, _cpp_direction_backward),
 }
 

@@ -219,6 +219,13 @@ def direction_backward(cell, tape: DirectionTape, W_ih, W_hh, d_out, d_h, d_c):
     Returns ``(dx (T, B, D), (dW_ih, dW_hh, db_ih, db_hh), dh0, dc0)``; ``dc0`` is
     None without a cell state.
     """
+    da_x, da_h, dh, dc = step_gradients(cell, tape, W_hh, d_out, d_h, d_c)
+    dx, grads = all_steps_products(tape, W_ih, da_x, da_h)
+    return dx, grads, dh, dc
+
+
+def step_gradients(cell, tape: DirectionTape, W_hh, d_out, d_h, d_c):
+    """The walk back through time: ``(d a_x, d a_h)`` (T, B, GH) of every step, and ``dh0``, ``dc0``."""
     T, B = d_out.shape[:2]
     GH = W_hh.shape[0]
     dt = d_out.dtype
@@ -242,15 +249,22 @@ def direction_backward(cell, tape: DirectionTape, W_ih, W_hh, d_out, d_h, d_c):
             dh = np.where(m, da_h[t] @ W_hh + dh_direct, dh)
             if dc is not None:
                 dc = np.where(m, dc_prev, dc)
-        x = np.where(active[:, :, None], tape.x, 0.0)  # padding inputs never reach the weight gradients
+    return da_x, da_h, dh, dc
+
+
+def all_steps_products(tape: DirectionTape, W_ih, da_x, da_h):
+    """``dx`` and the weight and bias gradients: one product over all T * B rows each."""
+    T, B, GH = da_x.shape
+    H = tape.h_prev.shape[2]
+    with _ieee():
+        x = np.where(tape.active[:, :, None], tape.x, 0.0)  # padding inputs never reach the weight gradients
         D = x.shape[2]
-        H = W_hh.shape[1]
         dx = da_x @ W_ih
         dW_ih = da_x.reshape(T * B, GH).T @ x.reshape(T * B, D)
         dW_hh = da_h.reshape(T * B, GH).T @ tape.h_prev.reshape(T * B, H)
         db_ih = da_x.sum(axis=(0, 1))
         db_hh = da_h.sum(axis=(0, 1))
-    return dx, (dW_ih, dW_hh, db_ih, db_hh), dh, dc
+    return dx, (dW_ih, dW_hh, db_ih, db_hh)
 
 
 # --------------------------------------------------------------------------- stacked, bidirectional
