@@ -375,3 +375,70 @@ def test_numba_matches_reference(kind, nonlinearity, use_lengths, dtype):
         np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=f"NaN pattern of array {i}")
         ok = ~np.isnan(b)
         np.testing.assert_allclose(a[ok], b[ok], rtol=tol, atol=tol, err_msg=f"array {i}")
+
+
+# --------------------------------------------------------------------------- the public functional form
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "cpp"])
+@pytest.mark.parametrize("cls_name", ["LSTM", "GRU", "RNN"])
+def test_public_forward_train_and_backward(cls_name, backend):
+    import fastsim
+
+    if backend not in fastsim.available_backends():
+        pytest.skip(f"{backend} not available")
+    torch = pytest.importorskip("torch")
+    layer = getattr(fastsim, cls_name)(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=1,
+                                       batch_first=True)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 5, 3))
+    lengths = np.array([5, 2, 4])
+    out, state, tape = fastsim.recurrent_forward_train(layer, x, lengths, backend=backend)
+    want_out, want_state = layer(x, lengths, backend="numpy")
+    np.testing.assert_allclose(out, want_out, rtol=1e-12, atol=1e-13)
+    d_out = rng.standard_normal(out.shape)
+    grads = fastsim.recurrent_backward(tape, d_outputs=d_out)
+    # the same through torch.nn's autograd with the layer's weights
+    ref = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}[cls_name](
+        3, 4, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64)
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
+    xt = torch.from_numpy(x).requires_grad_(True)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(xt, torch.from_numpy(lengths), batch_first=True,
+                                                     enforce_sorted=False)
+    o, _ = ref(packed)
+    o, _ = torch.nn.utils.rnn.pad_packed_sequence(o, batch_first=True, total_length=5)
+    (o * torch.from_numpy(d_out)).sum().backward()
+    np.testing.assert_allclose(grads.x, xt.grad.numpy(), rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(grads.weights[1][1].W_hh, ref.weight_hh_l1_reverse.grad.numpy(), rtol=1e-11,
+                               atol=1e-12)
+    np.testing.assert_allclose(grads.weights[0][0].b_ih, ref.bias_ih_l0.grad.numpy(), rtol=1e-11, atol=1e-12)
+    if cls_name == "LSTM":
+        assert isinstance(grads.initial_state, tuple) and grads.initial_state[1].shape == (4, 3, 4)
+    else:
+        assert grads.initial_state.shape == (4, 3, 4)
+
+
+def test_public_forms_check_their_arguments():
+    import fastsim
+
+    layer = fastsim.LSTM(3, 4, dtype=np.float64, seed=0)
+    x = np.zeros((2, 5, 3))
+    with pytest.raises(TypeError, match="layer must be a fastsim.LSTM"):
+        fastsim.recurrent_forward_train(object(), x)
+    with pytest.raises(ValueError, match="input_size = 3"):
+        fastsim.recurrent_forward_train(layer, np.zeros((2, 5, 4)))
+    with pytest.raises(ValueError, match="lengths must lie within 1..5"):
+        fastsim.recurrent_forward_train(layer, x, [0, 5])
+    with pytest.raises(TypeError, match="initial_state must be a tuple"):
+        fastsim.recurrent_forward_train(layer, x, initial_state=np.zeros((1, 2, 4)))
+    with pytest.raises(ValueError, match="h0 must have shape"):
+        fastsim.recurrent_forward_train(layer, x, initial_state=(np.zeros((1, 3, 4)), None))
+    with pytest.raises(ValueError, match="backend"):
+        fastsim.recurrent_forward_train(layer, x, backend="fortran")
+    _, _, tape = fastsim.recurrent_forward_train(layer, x)
+    with pytest.raises(ValueError, match="d_outputs must have shape"):
+        fastsim.recurrent_backward(tape, d_outputs=np.zeros((2, 5, 5)))
+    with pytest.raises(ValueError, match="d_c_n must have shape"):
+        fastsim.recurrent_backward(tape, d_state=(None, np.zeros((1, 2, 5))))
+    with pytest.raises(TypeError, match="tape must be the RecurrentTape"):
+        fastsim.recurrent_backward("tape")
