@@ -5,6 +5,7 @@
 #include "fastsim/gemm.hpp"
 #include "fastsim/kernels.hpp"
 #include "fastsim/rnn.hpp"
+#include "fastsim/rnn_train.hpp"
 #include "fastsim/topk.hpp"
 #include "fastsim/triplet.hpp"
 
@@ -180,7 +181,8 @@ template <class T>
 constexpr TypedKernels<T> typed() {
   return TypedKernels<T>{&cosine_matrix<T>, &cosine_rows<T>, &gemm_nt_plain<T>, &triplet_forward_entry<T>,
                          &hard_negatives_entry<T>, &triplet_backward<T>, &top_k<T>, &vec_math<T>, &rnn_create<T>, &rnn_destroy<T>, &rnn_run<T>,
-                         &rnn_project<T>, &rnn_cols<T>, &rnn_run_ids<T>, &triplet_cost_entry<T>};
+                         &rnn_project<T>, &rnn_cols<T>, &rnn_run_ids<T>, &triplet_cost_entry<T>,
+                         &train::forward<T>, &train::backward<T>};
 }
 
 }  // namespace

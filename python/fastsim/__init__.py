@@ -21,6 +21,7 @@ from .cosine import cosine_similarity, cosine_similarity_matrix, cosine_similari
 from .pipeline import SiameseEncoder, Vocabulary, accuracy, is_duplicate, similarity
 from .rnn import GRU, LSTM, RNN, gru_forward, lstm_forward, rnn_forward
 from .topk import top_k
+from .training import RecurrentGradients, RecurrentTape, recurrent_backward, recurrent_forward_train
 from .triplet import (HardNegatives, TripletLossParts, hard_negatives, modified_triplet_loss,
                       modified_triplet_loss_grad, triplet_loss)
 
@@ -47,6 +48,10 @@ __all__ = [
     "lstm_forward",
     "gru_forward",
     "rnn_forward",
+    "RecurrentGradients",
+    "RecurrentTape",
+    "recurrent_backward",
+    "recurrent_forward_train",
     "HardNegatives",
     "TripletLossParts",
     "hard_negatives",

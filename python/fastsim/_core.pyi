@@ -92,3 +92,20 @@ class RnnLayer:
 def top_k(
     queries: npt.NDArray[np.floating], corpus: npt.NDArray[np.floating], k: int, exclude_self: bool
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]: ...
+
+# Training form of the recurrent layers (rnn_train.hpp): one direction, time-major, caller-allocated arrays.
+def rnn_train_forward(
+    cell: int, x: npt.NDArray[np.floating], W_ih: npt.NDArray[np.floating], W_hh: npt.NDArray[np.floating],
+    b_ih: npt.NDArray[np.floating], b_hh: npt.NDArray[np.floating], lengths: npt.NDArray[np.int64], reverse: bool,
+    h: npt.NDArray[np.floating], c: npt.NDArray[np.floating] | None, out: npt.NDArray[np.floating],
+    act: npt.NDArray[np.floating], h_prev: npt.NDArray[np.floating], c_prev: npt.NDArray[np.floating] | None,
+    tanh_c: npt.NDArray[np.floating] | None,
+) -> None: ...
+def rnn_train_backward(
+    cell: int, x: npt.NDArray[np.floating], W_ih: npt.NDArray[np.floating], W_hh: npt.NDArray[np.floating],
+    lengths: npt.NDArray[np.int64], reverse: bool, act: npt.NDArray[np.floating], h_prev: npt.NDArray[np.floating],
+    c_prev: npt.NDArray[np.floating] | None, tanh_c: npt.NDArray[np.floating] | None,
+    d_out: npt.NDArray[np.floating], dh: npt.NDArray[np.floating], dc: npt.NDArray[np.floating] | None,
+    dx: npt.NDArray[np.floating], dW_ih: npt.NDArray[np.floating], dW_hh: npt.NDArray[np.floating],
+    db_ih: npt.NDArray[np.floating], db_hh: npt.NDArray[np.floating],
+) -> None: ...

@@ -1,4 +1,9 @@
-"""PyTorch front end of the modified triplet loss: fastsim's fused forward and gradient under autograd.
+"""PyTorch front end: fastsim's kernels under autograd.
+
+The modified triplet loss (fused forward and gradient) and drop-in
+``torch.nn.LSTM`` / ``GRU`` / ``RNN`` modules whose forward and backward
+(backpropagation through time) run fastsim's kernels, and the course's
+Siamese encoder built from them (:class:`SiameseEncoder`).
 
 Imported only on request (``import fastsim.torch``); ``import fastsim`` never
 imports PyTorch.  The loss runs on the CPU through NumPy views of the tensors,
@@ -22,8 +27,10 @@ import torch
 
 from . import _backend
 from . import triplet as _triplet
+from ._torch_rnn import GRU, LSTM, RNN
+from ._torch_siamese import SiameseEncoder
 
-__all__ = ["ModifiedTripletLoss", "modified_triplet_loss"]
+__all__ = ["GRU", "LSTM", "ModifiedTripletLoss", "RNN", "SiameseEncoder", "modified_triplet_loss"]
 
 _NUMPY_FLOATS = (torch.float32, torch.float64)
 

@@ -45,6 +45,14 @@ struct TypedKernels {
   // The reduced modified triplet loss (triplet.hpp): sum (or mean) over rows of
   // L1 + L2, each row's loss rounded to T and the total accumulated in double.
   double (*triplet_cost)(const T* v1, const T* v2, index_t b, index_t d, int empty_mode, double margin, bool mean);
+  // Training form (rnn_train.hpp): one direction, time-major, forward with workspace and its backward.
+  void (*rnn_train_forward)(int cell, const T* x, index_t T_len, index_t B, index_t D, index_t H, const T* W_ih,
+                            const T* W_hh, const T* b_ih, const T* b_hh, const int64_t* lengths, bool reverse, T* h,
+                            T* c, T* out, T* act, T* h_prev, T* c_prev, T* tanh_c);
+  void (*rnn_train_backward)(int cell, const T* x, index_t T_len, index_t B, index_t D, index_t H, const T* W_ih,
+                             const T* W_hh, const int64_t* lengths, bool reverse, const T* act, const T* h_prev,
+                             const T* c_prev, const T* tanh_c, const T* d_out, T* dh, T* dc, T* dx, T* dW_ih,
+                             T* dW_hh, T* db_ih, T* db_hh);
 };
 
 struct KernelTable {

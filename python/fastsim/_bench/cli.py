@@ -23,7 +23,7 @@ import fastsim
 
 from .common import max_abs_error, time_rounds
 
-AREAS = ("cosine", "triplet", "rnn", "pipeline")
+AREAS = ("cosine", "triplet", "rnn", "pipeline", "train")
 
 # Every library compared here keeps a thread pool that busy-waits after each
 # parallel call (OpenBLAS for up to ~2^28 cycles, GNU OpenMP in fastsim, Numba
@@ -153,7 +153,7 @@ def run(args) -> list[dict]:
             if isinstance(t, Exception):  # a peer library failing must not hide the rest
                 print(f"{case.op:<22} {case.shape:<26} {case.dtype:<8} {name:<12} failed: {t}", file=out)
                 continue
-            if name == "numpy":
+            if name == case.notes.get("baseline", "numpy"):  # the train cases compare against torch
                 base = t
             gflops = case.flops / t * 1e-9 if case.flops else float("nan")
             pct = percent_of_peak(gflops, case.dtype, peak, out)
