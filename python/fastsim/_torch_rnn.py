@@ -204,7 +204,8 @@ class _FastsimRecurrent:
                 s = s.unsqueeze(1)
             if tuple(s.shape) != shape:
                 want = f"({n}, {self.hidden_size})" if unbatched else f"{shape} (layers * directions, B, hidden_size)"
-                msg = f"{name} must have shape {want}; got {tuple(s.shape[:1]) + tuple(s.shape[2:]) if unbatched else tuple(s.shape)}"
+                got = tuple(s.shape[:1]) + tuple(s.shape[2:]) if unbatched else tuple(s.shape)
+                msg = f"{name} must have shape {want}; got {got}"
                 raise ValueError(msg)
             out.append(s)
         return out[0], (out[1] if is_lstm else None)
