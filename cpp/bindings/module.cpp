@@ -9,6 +9,7 @@ void bind_cosine(py::module_& m);
 void bind_triplet(py::module_& m);
 void bind_topk(py::module_& m);
 void bind_rnn(py::module_& m);
+void bind_range(py::module_& m);
 }  // namespace fastsim::bind
 
 PYBIND11_MODULE(_core, m) {
@@ -18,4 +19,5 @@ PYBIND11_MODULE(_core, m) {
   fastsim::bind::bind_triplet(m);
   fastsim::bind::bind_topk(m);
   fastsim::bind::bind_rnn(m);
+  fastsim::bind::bind_range(m);
 }

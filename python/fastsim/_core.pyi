@@ -89,3 +89,13 @@ class RnnLayer:
 def top_k(
     queries: npt.NDArray[np.floating], corpus: npt.NDArray[np.floating], k: int, exclude_self: bool
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]: ...
+def range_search(
+    queries: npt.NDArray[np.floating],
+    corpus: npt.NDArray[np.floating],
+    threshold: float,
+    mode: int,
+    row_offset: int,
+    col_offset: int,
+    max_per_row: int,
+    max_hits: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.floating], bool]: ...

@@ -9,6 +9,16 @@
 
 namespace fastsim {
 
+// Pairs of a range search (range.hpp) as compressed rows: row i's pairs are
+// indices/scores[indptr[i] .. indptr[i + 1]), best first.
+template <class T>
+struct RangeResult {
+  std::vector<int64_t> indptr;
+  std::vector<int64_t> indices;
+  std::vector<T> scores;
+  bool complete = true;  // false: max_hits was reached and the pairs are partial
+};
+
 template <class T>
 struct TypedKernels {
   void (*cosine_matrix)(const T* a, index_t m, const T* b, index_t n, index_t k, T* out, bool self);
@@ -42,6 +52,10 @@ struct TypedKernels {
   void (*rnn_run_ids)(const void* weights, const T* table, const int64_t* ids, index_t B, index_t T_len,
                       const int64_t* lengths, bool reverse, T* h, T* c, T* out, index_t out_ld, index_t out_off,
                       T* pool, index_t pool_ld, const int64_t* pool_until);
+  // Cosine range search (range.hpp): mode 0 every pair, 1 without (i, i), 2 only column > row (global
+  // indices row_offset + i, col_offset + j); max_per_row <= 0 means no cap.
+  RangeResult<T> (*range_search)(const T* q, index_t m, const T* c, index_t n, index_t d, T threshold, int mode,
+                                 index_t row_offset, index_t col_offset, index_t max_per_row, index_t max_hits);
 };
 
 struct KernelTable {
