@@ -655,7 +655,7 @@ def duplicate_groups(x, threshold, *, method: str = "components", min_community_
     n = pairs.shape[0]
     if method == "components":
         return components_from_pairs(pairs)
-    return _communities(pairs, x, min_community_size, check_threshold(threshold))
+    return _communities(pairs, _self_scores(x), min_community_size, check_threshold(threshold))
 
 
 def components_from_pairs(pairs) -> np.ndarray:
@@ -665,8 +665,17 @@ def components_from_pairs(pairs) -> np.ndarray:
     n = pairs.shape[0]
     if n == 0:
         return np.empty(0, np.int64)
-    _, labels = connected_components(pairs, directed=False)
+    _, labels = connected_components(_structure(pairs), directed=False)
     return renumber_by_first_row(labels)
+
+
+def _structure(pairs):
+    """The pair matrix with every stored entry 1 (scores of 0 are pairs too)."""
+    import scipy.sparse
+
+    g = scipy.sparse.csr_matrix(pairs, copy=True)
+    g.data = np.ones(g.data.shape, np.int8)
+    return g
 
 
 def renumber_by_first_row(labels) -> np.ndarray:
@@ -678,25 +687,28 @@ def renumber_by_first_row(labels) -> np.ndarray:
     return rank[inverse.ravel()]
 
 
+def self_scores(block) -> np.ndarray:
+    """cos(x[i], x[i]) of a block of rows: 1 for nonzero rows, 0 for zero rows, NaN for rows holding NaN or inf."""
+    finite = np.all(np.isfinite(block), axis=1)
+    nonzero = np.any(block != 0, axis=1)
+    return np.where(~finite, np.nan, np.where(nonzero, 1.0, 0.0))
+
+
 def _self_scores(x) -> np.ndarray:
-    """cos(x[i], x[i]): 1 for nonzero rows, 0 for zero rows, NaN for rows holding NaN or inf."""
     rows = _Rows(x, "x")
-    out = []
-    for _, b in rows.blocks(1 << 16, rows.dtype):
-        with np.errstate(invalid="ignore", over="ignore"):
-            finite = np.all(np.isfinite(b), axis=1)
-            nonzero = np.any(b != 0, axis=1)
-        out.append(np.where(~finite, np.nan, np.where(nonzero, 1.0, 0.0)))
+    out = [self_scores(b) for _, b in rows.blocks(1 << 16, rows.dtype)]
     return np.concatenate(out) if out else np.empty(0)
 
 
-def _communities(upper, x, min_size: int, threshold: float) -> np.ndarray:
+def _communities(upper, self_score, min_size: int, threshold: float) -> np.ndarray:
     n = upper.shape[0]
     labels = np.full(n, -1, np.int64)
     if n == 0:
         return labels
-    sym = (upper + upper.T).tocsr()  # every neighbour of every row, each pair once per side
-    self_score = _self_scores(x)
+    # every neighbour of every row (a pair once per side); ones as data, so that a pair
+    # scoring exactly 0 (threshold <= 0) is not dropped as a zero by the sum
+    edges = _structure(upper)
+    sym = (edges + edges.T).tocsr()
     with np.errstate(invalid="ignore"):
         self_in = self_score >= threshold
     degree = np.diff(sym.indptr) + self_in
