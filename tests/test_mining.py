@@ -193,6 +193,35 @@ def test_cpp_every_simd_level(level, rng):
 
 
 @pytest.mark.skipif("cpp" not in fastsim.available_backends(), reason="cpp backend not available")
+@pytest.mark.parametrize("level", fastsim.simd_levels() or ["none"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_self_top_k_is_top_k_bitwise(level, dtype, rng):
+    # top_k(x, x) multiplies each pair once (topk_self.hpp); the result must be
+    # exactly that of the general kernel, which gets a copy of x as the corpus
+    core = fastsim._backend.core()
+    before = fastsim.info()["simd_level"]
+    fastsim.set_simd_level(level)
+    try:
+        for n, d, k, ex in [(1, 3, 1, False), (7, 5, 3, True), (100, 16, 5, True), (2047, 33, 10, True),
+                            (4100, 20, 7, False), (2200, 64, 40, True)]:
+            x = rng.standard_normal((n, d)).astype(dtype)
+            x[n // 3] = x[n // 2]  # ties
+            if n > 10:
+                x[5] = 0.0
+                x[8, 0] = np.nan
+            s1, i1 = core.top_k(x, x.copy(), k, ex)
+            s2, i2 = fastsim.top_k(x, x, k, exclude_self=ex, backend="cpp")
+            np.testing.assert_array_equal(s1, s2)
+            np.testing.assert_array_equal(i1, i2)
+        ones = np.ones((500, 8), dtype)
+        s1, i1 = core.top_k(ones, ones.copy(), 10, True)
+        s2, i2 = fastsim.top_k(ones, ones, 10, exclude_self=True, backend="cpp")
+        np.testing.assert_array_equal(i1, i2)
+    finally:
+        fastsim.set_simd_level(before)
+
+
+@pytest.mark.skipif("cpp" not in fastsim.available_backends(), reason="cpp backend not available")
 def test_blocking_does_not_change_the_result(rng):
     # the cpp kernel sums every row in one order wherever its block starts
     # (the BLAS behind the numpy and numba backends makes no such promise)
@@ -549,3 +578,24 @@ def test_hypothesis_range_search(m, n, d, thr, seed, dup):
             check_pairs(ip, ix, sc, q.astype(dt), c.astype(dt), thr, mode=0, dtype=dt)
             csr = fastsim.range_search(c.astype(dt), threshold=thr, backend=be)
             check_pairs(csr.indptr, csr.indices, csr.data, c.astype(dt), c.astype(dt), thr, mode=2, dtype=dt)
+
+
+# --------------------------------------------------------------------------- the README runs as written
+
+
+def _readme_blocks():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Corpus mining", 1)[1].split("\n## ", 1)[0]
+    return [b for b in re.findall(r"```python\n(.*?)```", section, flags=re.S) if "# not run" not in b]
+
+
+def test_readme_corpus_mining_runs():
+    pytest.importorskip("distributed")
+    blocks = _readme_blocks()
+    assert len(blocks) == 3
+    namespace: dict = {}
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own examples

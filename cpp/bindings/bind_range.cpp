@@ -1,6 +1,6 @@
-// Binding of the cosine range search (range.hpp): checks the arrays, releases
-// the GIL, calls the kernel of the current SIMD level and hands the pairs
-// back as three NumPy arrays.  Nothing else lives here: the Python layer
+// Bindings of the cosine range search (range.hpp) and of the self top-k
+// (topk_self.hpp): check the arrays, release the GIL, call the kernel of the
+// current SIMD level and hand the results back as NumPy arrays.  Nothing else lives here: the Python layer
 // (fastsim/mining.py) validates the options and builds the CSR matrix.
 #include <cstring>
 
@@ -34,9 +34,39 @@ py::tuple range_t(py::array& q, py::array& c, double threshold, int mode, index_
   return py::make_tuple(to_numpy(res.indptr), to_numpy(res.indices), to_numpy(res.scores), res.complete);
 }
 
+template <class T>
+py::tuple top_k_self_t(py::array& x, index_t k, bool exclude_self) {
+  const index_t m = x.shape(0), d = x.shape(1);
+  py::array_t<T> scores({m, k});
+  py::array_t<int64_t> indices({m, k});
+  const T* px = cptr<T>(x);
+  T* ps = scores.mutable_data();
+  int64_t* pi = indices.mutable_data();
+  auto fn = typed_kernels<T>().top_k_self;
+  {
+    py::gil_scoped_release release;  // every array is owned by this frame
+    fn(px, m, d, k, exclude_self, ps, pi);
+  }
+  return py::make_tuple(scores, indices);
+}
+
 }  // namespace
 
 void bind_range(py::module_& m) {
+  m.def(
+      "top_k_self",
+      [](py::array x, index_t k, bool exclude_self) {
+        require_ndim(x, 2, "x");
+        require_c_contiguous(x, "x");
+        const DType t = dtype_of(x, "x");
+        if (x.shape(1) < 1) throw std::invalid_argument("x must have at least one column");
+        const index_t candidates = x.shape(0) - (exclude_self ? 1 : 0);
+        if (k < 1 || k > candidates)
+          throw std::invalid_argument("k must lie within 1..number of candidates (" + std::to_string(candidates) + ")");
+        return t == DType::F32 ? top_k_self_t<float>(x, k, exclude_self) : top_k_self_t<double>(x, k, exclude_self);
+      },
+      py::arg("x"), py::arg("k"), py::arg("exclude_self"),
+      "top_k(x, x, k) with each pair multiplied once: (scores, indices), each (m, k), best first.");
   m.def(
       "range_search",
       [](py::array queries, py::array corpus, double threshold, int mode, index_t row_offset, index_t col_offset,

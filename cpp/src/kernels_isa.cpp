@@ -5,6 +5,7 @@
 #include "fastsim/gemm.hpp"
 #include "fastsim/kernels.hpp"
 #include "fastsim/range.hpp"
+#include "fastsim/topk_self.hpp"
 #include "fastsim/rnn.hpp"
 #include "fastsim/topk.hpp"
 #include "fastsim/triplet.hpp"
@@ -155,7 +156,8 @@ template <class T>
 constexpr TypedKernels<T> typed() {
   return TypedKernels<T>{&cosine_matrix<T>, &cosine_rows<T>, &gemm_nt_plain<T>, &triplet_forward_entry<T>,
                          &hard_negatives_entry<T>, &triplet_backward<T>, &top_k<T>, &vec_math<T>, &rnn_create<T>, &rnn_destroy<T>, &rnn_run<T>,
-                         &rnn_project<T>, &rnn_cols<T>, &rnn_run_ids<T>, &range_search_entry<T>};
+                         &rnn_project<T>, &rnn_cols<T>, &rnn_run_ids<T>, &range_search_entry<T>,
+                         &top_k_self<T>};
 }
 
 }  // namespace

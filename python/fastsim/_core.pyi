@@ -99,3 +99,6 @@ def range_search(
     max_per_row: int,
     max_hits: int,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.floating], bool]: ...
+def top_k_self(
+    x: npt.NDArray[np.floating], k: int, exclude_self: bool
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]: ...

@@ -56,6 +56,8 @@ struct TypedKernels {
   // indices row_offset + i, col_offset + j); max_per_row <= 0 means no cap.
   RangeResult<T> (*range_search)(const T* q, index_t m, const T* c, index_t n, index_t d, T threshold, int mode,
                                  index_t row_offset, index_t col_offset, index_t max_per_row, index_t max_hits);
+  // top_k of a set against itself (topk_self.hpp): each pair multiplied once; the result of top_k(x, x).
+  void (*top_k_self)(const T* x, index_t m, index_t d, index_t k, bool exclude_self, T* scores, int64_t* indices);
 };
 
 struct KernelTable {
