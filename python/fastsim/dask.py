@@ -285,7 +285,7 @@ def top_k(queries, corpus=None, k=10, *, exclude_self: bool = False, backend: st
     m = q.shape[0]
     if m == 0 or kk == 0:
         return np.empty((m, kk), dt), np.empty((m, kk), np.int64)
-    qo, co = _offsets(q.chunks[0]), _offsets(c.chunks[0])
+    co = _offsets(c.chunks[0])
     qd, cd = _blocks(q), _blocks(c)
     task = dask.delayed(_topk_task, pure=True)
     merge = dask.delayed(_merge_topk_task, pure=True)

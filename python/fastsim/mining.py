@@ -387,14 +387,10 @@ def _iter_blocks(plan, progress) -> Iterator[tuple[int, np.ndarray, np.ndarray, 
     """``(row_start, indptr, indices, scores)`` per block of query rows, in order."""
     q, c, dt, be, thr, mode = plan["q"], plan["c"], plan["dt"], plan["be"], plan["thr"], plan["mode"]
     max_per_row = plan["max_per_row"]
-    d = q.d
-    if d == 0:
-        # every row is the zero vector: give the kernels one zero column instead
-        d = 1
     total_found = 0
     m_est = q.n
     n_est = c.n if c.n is not None else (m_est or 0)
-    flops = 2.0 * (m_est or 0) * n_est * d / (2 if plan["self_join"] else 1)
+    flops = 2.0 * (m_est or 0) * n_est * max(1, q.d) / (2 if plan["self_join"] else 1)
     rows_at_once = plan["mem_rows"] or (q.n if q.in_memory else None)
     with _Progress(progress, total=m_est, desc="range_search", estimated_flops=flops) as bar:
         if plan["self_join"] and q.in_memory:
@@ -652,7 +648,6 @@ def duplicate_groups(x, threshold, *, method: str = "components", min_community_
     min_community_size = check_positive_int(min_community_size, "min_community_size")
     pairs = range_search(x, None, threshold, max_pairs=max_pairs, max_memory=max_memory, progress=progress,
                          backend=backend)
-    n = pairs.shape[0]
     if method == "components":
         return components_from_pairs(pairs)
     return _communities(pairs, _self_scores(x), min_community_size, check_threshold(threshold))
