@@ -1,7 +1,8 @@
 """fastsim.dask on a two-process distributed.LocalCluster: the same answers as the single-machine calls.
 
 One cluster serves the whole module (starting worker processes takes a few
-seconds); the test that kills a worker runs last.
+seconds); the test that kills a worker runs last.  The worker processes
+inherit tools/sanitize.sh's ASan preload and run these tests under it too.
 """
 
 from __future__ import annotations
@@ -22,9 +23,6 @@ distributed = pytest.importorskip("distributed", reason="distributed not install
 import fastsim.dask as fdask  # noqa: E402
 
 from .test_mining import planted  # noqa: E402
-
-if os.environ.get("FASTSIM_SANITIZE_RUN") and os.environ.get("FASTSIM_DASK_UNDER_SANITIZER", "") != "1":
-    pytestmark = pytest.mark.skip(reason="worker processes under the ASan preload: see tools/sanitize.sh")
 
 
 @pytest.fixture(scope="module")

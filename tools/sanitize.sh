@@ -80,8 +80,6 @@ export ASAN_OPTIONS="detect_leaks=0:log_path=$work/logs/asan:print_summary=1:${A
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$work/logs/ubsan:${UBSAN_OPTIONS:-}"
 # Every Python object through malloc, so ASan guards them too.
 export PYTHONMALLOC=malloc
-# Tells the tests they run under the sanitizers (tests/test_dask.py reads it).
-export FASTSIM_SANITIZE_RUN=1
 
 # Positive controls: the sanitized module is the one imported, and the ASan
 # runtime is live (the byte past a fresh allocation is poisoned).
