@@ -10,6 +10,7 @@ void bind_triplet(py::module_& m);
 void bind_topk(py::module_& m);
 void bind_rnn(py::module_& m);
 void bind_rnn_train(py::module_& m);
+void bind_range(py::module_& m);
 }  // namespace fastsim::bind
 
 PYBIND11_MODULE(_core, m) {
@@ -20,4 +21,5 @@ PYBIND11_MODULE(_core, m) {
   fastsim::bind::bind_topk(m);
   fastsim::bind::bind_rnn(m);
   fastsim::bind::bind_rnn_train(m);
+  fastsim::bind::bind_range(m);
 }

@@ -4,6 +4,8 @@
 #include "fastsim/cosine.hpp"
 #include "fastsim/gemm.hpp"
 #include "fastsim/kernels.hpp"
+#include "fastsim/range.hpp"
+#include "fastsim/topk_self.hpp"
 #include "fastsim/rnn.hpp"
 #include "fastsim/rnn_train.hpp"
 #include "fastsim/topk.hpp"
@@ -178,11 +180,18 @@ void rnn_run_ids(const void* w, const T* table, const int64_t* ids, index_t B, i
 }
 
 template <class T>
+RangeResult<T> range_search_entry(const T* q, index_t m, const T* c, index_t n, index_t d, T threshold, int mode,
+                                  index_t row_offset, index_t col_offset, index_t max_per_row, index_t max_hits) {
+  return range_search<T>(q, m, c, n, d, threshold, static_cast<RangeMode>(mode), row_offset, col_offset, max_per_row,
+                         max_hits);
+}
+
+template <class T>
 constexpr TypedKernels<T> typed() {
   return TypedKernels<T>{&cosine_matrix<T>, &cosine_rows<T>, &gemm_nt_plain<T>, &triplet_forward_entry<T>,
                          &hard_negatives_entry<T>, &triplet_backward<T>, &top_k<T>, &vec_math<T>, &rnn_create<T>, &rnn_destroy<T>, &rnn_run<T>,
                          &rnn_project<T>, &rnn_cols<T>, &rnn_run_ids<T>, &triplet_cost_entry<T>,
-                         &train::forward<T>, &train::backward<T>};
+                         &train::forward<T>, &train::backward<T>, &range_search_entry<T>, &top_k_self<T>};
 }
 
 }  // namespace

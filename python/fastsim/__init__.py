@@ -20,6 +20,7 @@ from ._backend import (
 from .cosine import cosine_similarity, cosine_similarity_matrix, cosine_similarity_rows
 from .pipeline import SiameseEncoder, Vocabulary, accuracy, is_duplicate, similarity
 from .rnn import GRU, LSTM, RNN, gru_forward, lstm_forward, rnn_forward
+from .mining import duplicate_groups, paraphrase_mining, range_search
 from .topk import top_k
 from .training import RecurrentGradients, RecurrentTape, recurrent_backward, recurrent_forward_train
 from .triplet import (HardNegatives, TripletLossParts, hard_negatives, modified_triplet_loss,
@@ -37,6 +38,9 @@ __all__ = [
     "set_simd_level",
     "simd_levels",
     "top_k",
+    "range_search",
+    "duplicate_groups",
+    "paraphrase_mining",
     "SiameseEncoder",
     "Vocabulary",
     "accuracy",

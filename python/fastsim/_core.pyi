@@ -109,3 +109,16 @@ def rnn_train_backward(
     dx: npt.NDArray[np.floating], dW_ih: npt.NDArray[np.floating], dW_hh: npt.NDArray[np.floating],
     db_ih: npt.NDArray[np.floating], db_hh: npt.NDArray[np.floating],
 ) -> None: ...
+def range_search(
+    queries: npt.NDArray[np.floating],
+    corpus: npt.NDArray[np.floating],
+    threshold: float,
+    mode: int,
+    row_offset: int,
+    col_offset: int,
+    max_per_row: int,
+    max_hits: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.floating], bool]: ...
+def top_k_self(
+    x: npt.NDArray[np.floating], k: int, exclude_self: bool
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]: ...

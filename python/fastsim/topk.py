@@ -56,6 +56,8 @@ def _top_k_impl(be: str, queries: np.ndarray, corpus: np.ndarray, k: int, exclud
     if be == "numpy":
         return _numpy_top_k(queries, corpus, k, exclude_self)
     if be == "cpp":
+        if queries is corpus:  # a set against itself: each pair multiplied once, the same result
+            return _backend.core().top_k_self(queries, k, exclude_self)
         return _backend.core().top_k(queries, corpus, k, exclude_self)
     return _backend.numba_module("topk").top_k(queries, corpus, k, exclude_self)
 

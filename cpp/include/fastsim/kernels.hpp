@@ -9,6 +9,16 @@
 
 namespace fastsim {
 
+// Pairs of a range search (range.hpp) as compressed rows: row i's pairs are
+// indices/scores[indptr[i] .. indptr[i + 1]), best first.
+template <class T>
+struct RangeResult {
+  std::vector<int64_t> indptr;
+  std::vector<int64_t> indices;
+  std::vector<T> scores;
+  bool complete = true;  // false: max_hits was reached and the pairs are partial
+};
+
 template <class T>
 struct TypedKernels {
   void (*cosine_matrix)(const T* a, index_t m, const T* b, index_t n, index_t k, T* out, bool self);
@@ -53,6 +63,12 @@ struct TypedKernels {
                              const T* W_hh, const int64_t* lengths, bool reverse, const T* act, const T* h_prev,
                              const T* c_prev, const T* tanh_c, const T* d_out, T* dh, T* dc, T* dx, T* dW_ih,
                              T* dW_hh, T* db_ih, T* db_hh);
+  // Cosine range search (range.hpp): mode 0 every pair, 1 without (i, i), 2 only column > row (global
+  // indices row_offset + i, col_offset + j); max_per_row <= 0 means no cap.
+  RangeResult<T> (*range_search)(const T* q, index_t m, const T* c, index_t n, index_t d, T threshold, int mode,
+                                 index_t row_offset, index_t col_offset, index_t max_per_row, index_t max_hits);
+  // top_k of a set against itself (topk_self.hpp): each pair multiplied once; the result of top_k(x, x).
+  void (*top_k_self)(const T* x, index_t m, index_t d, index_t k, bool exclude_self, T* scores, int64_t* indices);
 };
 
 struct KernelTable {

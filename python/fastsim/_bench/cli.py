@@ -24,6 +24,8 @@ import fastsim
 from .common import max_abs_error, time_rounds
 
 AREAS = ("cosine", "triplet", "rnn", "pipeline", "train")
+# Areas run only when asked for with --ops (they take minutes, not seconds).
+EXTRA_AREAS = ("mining",)
 
 # Every library compared here keeps a thread pool that busy-waits after each
 # parallel call (OpenBLAS for up to ~2^28 cycles, GNU OpenMP in fastsim, Numba
@@ -114,6 +116,10 @@ def _import_torch_first() -> None:
 
 
 def run(args) -> list[dict]:
+    if args.ops and set(args.ops) <= set(EXTRA_AREAS):
+        from . import mining
+
+        return mining.run(args, sys.stdout)
     _import_torch_first()
     threads = fastsim.get_num_threads()
     out = sys.stdout
@@ -222,7 +228,8 @@ def main(argv=None) -> int:
     b.add_argument("--full", action="store_true", help="run every case (default: a quick representative set)")
     b.add_argument("--json", metavar="PATH", help="save the results as JSON")
     b.add_argument("--plot", metavar="PATH", help="save a bar chart (needs matplotlib)")
-    b.add_argument("--ops", type=lambda s: s.split(","), default=None, help=f"comma-separated subset of {AREAS}")
+    b.add_argument("--ops", type=lambda s: s.split(","), default=None,
+                   help=f"comma-separated subset of {AREAS + EXTRA_AREAS}")
     b.add_argument("--threads", type=int, default=None,
                    help="threads for every library timed: fastsim's cpp and numba kernels, NumPy's BLAS, "
                         "PyTorch and FAISS (default: all cores)")
@@ -230,6 +237,8 @@ def main(argv=None) -> int:
     b.add_argument("--rounds", type=int, default=3,
                    help="interleaved timing rounds per case (every runner is timed once per round)")
     b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    b.add_argument("--rows", type=lambda s: [int(v) for v in s.split(",")], default=None,
+                   help="mining: comma-separated corpus sizes (default 50000; --full: 200000,1000000)")
     sub.add_parser("info", help="print version, backends, SIMD level and threads")
     args = parser.parse_args(argv)
     if args.command == "info":
@@ -237,9 +246,11 @@ def main(argv=None) -> int:
             print(f"{k}: {v}")
         return 0
     if args.ops:
-        unknown = set(args.ops) - set(AREAS)
+        unknown = set(args.ops) - set(AREAS) - set(EXTRA_AREAS)
         if unknown:
-            parser.error(f"--ops: unknown {sorted(unknown)}; choose from {AREAS}")
+            parser.error(f"--ops: unknown {sorted(unknown)}; choose from {AREAS + EXTRA_AREAS}")
+        if set(args.ops) & set(EXTRA_AREAS) and not set(args.ops) <= set(EXTRA_AREAS):
+            parser.error(f"--ops: run {EXTRA_AREAS} on their own")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         parser.error(PLOT_HINT)  # before the run, not after it
     if args.threads is not None:
