@@ -578,24 +578,3 @@ def test_hypothesis_range_search(m, n, d, thr, seed, dup):
             check_pairs(ip, ix, sc, q.astype(dt), c.astype(dt), thr, mode=0, dtype=dt)
             csr = fastsim.range_search(c.astype(dt), threshold=thr, backend=be)
             check_pairs(csr.indptr, csr.indices, csr.data, c.astype(dt), c.astype(dt), thr, mode=2, dtype=dt)
-
-
-# --------------------------------------------------------------------------- the README runs as written
-
-
-def _readme_blocks():
-    import pathlib
-    import re
-
-    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = text.split("## Corpus mining", 1)[1].split("\n## ", 1)[0]
-    return [b for b in re.findall(r"```python\n(.*?)```", section, flags=re.S) if "# not run" not in b]
-
-
-def test_readme_corpus_mining_runs():
-    pytest.importorskip("distributed")
-    blocks = _readme_blocks()
-    assert len(blocks) == 3
-    namespace: dict = {}
-    for code in blocks:
-        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own examples
