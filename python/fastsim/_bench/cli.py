@@ -162,7 +162,7 @@ def run(args) -> list[dict]:
             if name == case.notes.get("baseline", "numpy"):  # the train cases compare against torch
                 base = t
             gflops = case.flops / t * 1e-9 if case.flops else float("nan")
-            pct = percent_of_peak(gflops, case.dtype, peak, out)
+            pct = percent_of_peak(gflops, case.dtype, peak, out) if case.exact_flops else float("nan")
             speed = base / t if base else float("nan")
             err = err_fn(res, reference) if reference is not None else float("nan")
             row = dict(area=area, op=case.op, shape=case.shape, dtype=case.dtype, backend=name, median_s=t,

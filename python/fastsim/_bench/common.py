@@ -41,6 +41,11 @@ class Case:
         ``(result, reference) -> float``; default: max abs difference.
     min_repeats : int
         Lower bound on the number of timed calls per runner.
+    exact_flops : bool
+        False when ``flops`` is a nominal count some runner does not perform
+        (the fused triplet gradient skips the second product, the encoder's
+        first layer reads a projected table): GFLOP/s is then a rate of
+        nominal work, and no %peak is printed for the case.
     """
 
     op: str
@@ -53,6 +58,7 @@ class Case:
     error: Callable[[Any, Any], float] | None = None
     min_repeats: int = 5
     notes: dict = field(default_factory=dict)
+    exact_flops: bool = True
 
 
 def peak_rss_bytes() -> int:
