@@ -540,7 +540,7 @@ def test_projected_embedding_table_matches_numpy(dtype, kind, pooling):
             got = enc.encode(ids, lens, batch_size=4, backend="cpp")
             assert_close(got, ref64.encode(ids, lens, backend="numpy"), dtype, scale=10)
     first = enc.layers[0]
-    assert all(p.core_layer(first._relu()).input_table_source is not None for p in first._cells[0])
+    assert all(p._table is not None for p in first._cells[0])
 
 
 @needs_rnn
@@ -565,7 +565,7 @@ def test_projected_table_agrees_bitwise_with_the_gather_path(dtype, V):
     enc.encode(rng.integers(0, V, size=(V, 1)), backend="cpp")  # past V tokens: the table is built
     second = enc.encode(ids, backend="cpp")  # reads the projected table
     layer = enc.layers[0]
-    assert all(p.core_layer(layer._relu()).input_table_source is not None for p in layer._cells[0])
+    assert all(p._table is not None for p in layer._cells[0])
     np.testing.assert_array_equal(second, first)
 
 
@@ -583,7 +583,7 @@ def test_no_projected_table_beyond_its_memory_cap(monkeypatch):
         ids, lengths = _ids(rng, 6, 5, V)
         assert_close(enc.encode(ids, lengths, backend="cpp"), enc.encode(ids, lengths, backend="numpy"), np.float64)
     assert enc._tokens_encoded >= V
-    assert layer._cells[0][0].core_layer(False).input_table_source is None
+    assert layer._cells[0][0]._table is None
 
 
 @needs_rnn
@@ -621,41 +621,57 @@ def test_input_table_binding_checks_its_arguments():
     ids = np.zeros((2, 3), dtype=np.int64)
     emb = rng.standard_normal((V, D))
     with pytest.raises(ValueError, match="D columns"):
-        layer.run_ids(np.zeros((V, D + 1)), ids, 2, 3, None, False, h, c, out, H, 0)
-    with pytest.raises(ValueError, match="D columns"):
-        layer.set_input_table(np.zeros((V, D + 1)))
+        layer.project(np.zeros((V, D + 1)))
     with pytest.raises(TypeError):
-        layer.set_input_table(np.zeros((V, D), dtype=np.float32))
+        layer.project(np.zeros((V, D), dtype=np.float32))
     with pytest.raises(TypeError, match="embedding"):
-        layer.run_ids(emb.tolist(), ids, 2, 3, None, False, h, c, out, H, 0)
-    layer.set_input_table(emb)
-    assert layer.input_table_source is emb
+        layer.project(emb.tolist())
+    table = layer.project(emb)
+    assert table.vocab_size == V and table.nbytes == V * 4 * H * 8
+    assert layer.is_current(table)
+    with pytest.raises(TypeError):
+        layer.run_ids(emb, ids, 2, 3, None, False, h, c, out, H, 0)
     for bad in (V, -1):
         ids[1, 2] = bad
         with pytest.raises(ValueError, match="0..V-1"):
-            layer.run_ids(emb, ids, 2, 3, None, False, h, c, out, H, 0)
+            layer.run_ids(table, ids, 2, 3, None, False, h, c, out, H, 0)
     ids[1, 2] = 0
     with pytest.raises(TypeError, match="int64"):
-        layer.run_ids(emb, ids.astype(np.int32), 2, 3, None, False, h, c, out, H, 0)
+        layer.run_ids(table, ids.astype(np.int32), 2, 3, None, False, h, c, out, H, 0)
     with pytest.raises(ValueError, match="B x T"):
-        layer.run_ids(emb, ids[:, :2].copy(), 2, 3, None, False, h, c, out, H, 0)
+        layer.run_ids(table, ids[:, :2].copy(), 2, 3, None, False, h, c, out, H, 0)
     with pytest.raises(ValueError, match="lengths"):
-        layer.run_ids(emb, ids, 2, 3, np.array([0, 3]), False, h, c, out, H, 0)
-    layer.run_ids(emb, ids, 2, 3, None, False, h, c, out, H, 0)
+        layer.run_ids(table, ids, 2, 3, np.array([0, 3]), False, h, c, out, H, 0)
+    # a table of another layer (same shapes, other weights) is refused, never run with the wrong weights
+    other = core.RnnLayer(0, rng.standard_normal((4 * H, D)), rng.standard_normal((4 * H, H)), None, None)
+    assert not other.is_current(table)
+    with pytest.raises(ValueError, match="another RnnLayer"):
+        other.run_ids(table, ids, 2, 3, None, False, h, c, out, H, 0)
+    f32 = core.RnnLayer(0, rng.standard_normal((4 * H, D)).astype(np.float32),
+                        rng.standard_normal((4 * H, H)).astype(np.float32), None, None)
+    assert not f32.is_current(table)
+    with pytest.raises(ValueError, match="another RnnLayer"):
+        f32.run_ids(table, ids, 2, 3, None, False, h.astype(np.float32), c.astype(np.float32),
+                    out.astype(np.float32), H, 0)
+    layer.run_ids(table, ids, 2, 3, None, False, h, c, out, H, 0)
     # the same steps from the gathered embeddings
     h2, c2, out2 = np.zeros((2, H)), np.zeros((2, H)), np.zeros((2 * 3, H))
     layer.run(np.ascontiguousarray(emb[ids]), 2, 3, True, None, False, h2, c2, out2, H, 0)
     np.testing.assert_allclose(out, out2, rtol=0, atol=1e-14)
-    # another embedding object: its own table, made by run_ids itself
-    emb2 = emb * 2
-    h3, c3, out3 = np.zeros((2, H)), np.zeros((2, H)), np.zeros((2 * 3, H))
-    layer.run_ids(emb2, ids, 2, 3, None, False, h3, c3, out3, H, 0)
-    assert layer.input_table_source is emb2
-    h2[:], c2[:], out2[:] = 0, 0, 0
-    layer.run(np.ascontiguousarray(emb2[ids]), 2, 3, True, None, False, h2, c2, out2, H, 0)
-    np.testing.assert_allclose(out3, out2, rtol=0, atol=1e-14)
-    layer.set_input_table(None)
-    assert layer.input_table_source is None
+    # a table made at another SIMD level stays usable (its own packing), but is no longer current
+    levels = fastsim.simd_levels()
+    try:
+        for level in levels:
+            fastsim.set_simd_level(level)
+            h3, c3, out3 = np.zeros((2, H)), np.zeros((2, H)), np.zeros((2 * 3, H))
+            layer.run_ids(table, ids, 2, 3, None, False, h3, c3, out3, H, 0)
+            np.testing.assert_allclose(out3, out2, rtol=0, atol=1e-14, err_msg=level)
+            if len(levels) > 1 and level != levels[0]:
+                # the layer repacks on its next use at this level
+                layer.run(np.ascontiguousarray(emb[ids]), 2, 3, True, None, False, h3, c3, out3, H, 0)
+                assert not layer.is_current(table)
+    finally:
+        fastsim.set_simd_level(None)
 
 
 @needs_rnn

@@ -1,5 +1,10 @@
 // RnnLayer: the weights of one direction of one recurrent layer, packed once
 // for the SIMD level in use and repacked only if that level changes.
+// RnnInputTable: an embedding projected through those weights, made by
+// RnnLayer.project and read by RnnLayer.run_ids; which table to keep, and
+// for how long, is the Python layer's decision (fastsim.rnn._Prepared).
+#include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -19,11 +24,28 @@ index_t checked_mul(index_t a, index_t b) {
   return r;
 }
 
+// Immutable once made: the projected rows with the packed weights and the
+// SIMD level they were made by, so a table stays usable after its layer
+// repacks for another level.
+struct RnnInputTable {
+  std::uint64_t layer = 0;        // serial of the RnnLayer that made it
+  const KernelTable* level = nullptr;
+  std::shared_ptr<void> handle;   // the packed weights the rows came from
+  std::shared_ptr<void> rows;     // AlignedBuffer<T> of V x cols values
+  index_t V = 0, cols = 0;
+  bool f64 = false;
+};
+
+inline std::uint64_t next_layer_serial() {
+  static std::atomic<std::uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+
 template <class T>
 class RnnLayerT {
  public:
   RnnLayerT(int cell, py::array W_ih, py::array W_hh, py::object b_ih, py::object b_hh)
-      : cell_(cell), W_ih_(W_ih), W_hh_(W_hh), b_ih_(b_ih), b_hh_(b_hh) {
+      : cell_(cell), serial_(next_layer_serial()), W_ih_(W_ih), W_hh_(W_hh), b_ih_(b_ih), b_hh_(b_hh) {
     D_ = W_ih.shape(1);
     H_ = W_hh.shape(1);
     pack();
@@ -52,43 +74,50 @@ class RnnLayerT {
            st.pool, st.pool_ld, st.pool_until);
   }
 
-  // Precompute the input projection of every row of `embedding` (V, D), bias
-  // included, for run_ids; None drops it.  run_ids makes it itself when given
-  // another embedding, so calling this first is optional.
-  void set_input_table(py::object embedding) {
-    if (embedding.is_none()) {
-      input_.reset();
-      embedding_ = py::none();
-      return;
-    }
-    if (table_ != &kernels()) pack();
-    input_for(checked_embedding(embedding));
-  }
-  py::object input_table_source() const { return embedding_; }
-
-  // Steps over rows of the projection of `embedding` picked by token ids.  The
-  // table is kept for the next call with the same embedding object (which
-  // must not change) and remade for another one or at another SIMD level.
-  void run_ids(py::object embedding, py::array ids, index_t B, index_t T_len, py::object lengths, bool reverse,
-               py::array h, py::object c, py::object out, index_t out_ld, index_t out_off, py::object pool,
-               py::object pool_until) {
+  // The input projection of every row of `embedding` (V, D), bias included,
+  // at the current SIMD level (GIL released while it is computed).
+  std::shared_ptr<RnnInputTable> project(py::object embedding) {
     py::array e = checked_embedding(embedding);
     if (table_ != &kernels()) pack();
+    auto made = std::make_shared<RnnInputTable>();
+    made->layer = serial_;
+    made->level = table_;
+    made->handle = handle_;
+    made->f64 = std::is_same<T, double>::value;
+    const TypedKernels<T>& k = kernels_of(made->level);
+    made->V = e.shape(0);
+    made->cols = k.rnn_cols(made->handle.get());
+    auto rows = std::make_shared<AlignedBuffer<T>>(static_cast<std::size_t>(checked_mul(made->V, made->cols)));
+    const T* pe = cptr<T>(e);
+    {
+      py::gil_scoped_release release;  // e (the caller's) and the new table are held by this frame
+      k.rnn_project(made->handle.get(), pe, made->V, rows->data());
+    }
+    made->rows = rows;
+    return made;
+  }
+
+  // Made by this layer from its current packing: projecting again would give the same rows.
+  bool is_current(const RnnInputTable& t) const { return t.layer == serial_ && t.level == &kernels() && t.handle == handle_; }
+
+  // Steps over rows of a projected table picked by token ids.
+  void run_ids(const RnnInputTable& t, py::array ids, index_t B, index_t T_len, py::object lengths, bool reverse,
+               py::array h, py::object c, py::object out, index_t out_ld, index_t out_off, py::object pool,
+               py::object pool_until) {
+    if (t.layer != serial_) throw std::invalid_argument("table was projected by another RnnLayer");
     require_c_contiguous(ids, "ids");
     if (!ids.dtype().equal(py::dtype::of<int64_t>())) throw py::type_error("ids must be int64");
     State st = state(B, T_len, lengths, h, c, out, out_ld, out_off, pool, pool_until);
     if (ids.size() != checked_mul(B, T_len)) throw std::invalid_argument("ids must hold B x T token ids");
     const int64_t* pid = cptr<int64_t>(ids);
-    const index_t V = e.shape(0);
     for (index_t i = 0, n = B * T_len; i < n; ++i)
-      if (pid[i] < 0 || pid[i] >= V) throw std::invalid_argument("ids must lie within 0..V-1 (the embedding rows)");
-    // The table, the weights and the kernels of one level, all held by this
-    // call: other threads may replace the layer's table or repack meanwhile.
-    const std::shared_ptr<const Input> input = input_for(e);
-    auto run_fn = kernels_of(input->level).rnn_run_ids;
-    py::gil_scoped_release release;
-    run_fn(input->handle.get(), input->rows.data(), pid, B, T_len, st.lengths, reverse, st.h, st.c, st.out, out_ld,
-           out_off, st.pool, st.pool_ld, st.pool_until);
+      if (pid[i] < 0 || pid[i] >= t.V) throw std::invalid_argument("ids must lie within 0..V-1 (the table's rows)");
+    // the table's own weights and level: the layer may have repacked since
+    auto run_fn = kernels_of(t.level).rnn_run_ids;
+    const T* rows = static_cast<AlignedBuffer<T>*>(t.rows.get())->data();
+    py::gil_scoped_release release;  // the caller holds the table and the arrays
+    run_fn(t.handle.get(), rows, pid, B, T_len, st.lengths, reverse, st.h, st.c, st.out, out_ld, out_off, st.pool,
+           st.pool_ld, st.pool_until);
   }
 
   index_t input_size() const { return D_; }
@@ -107,13 +136,6 @@ class RnnLayerT {
     handle_ = std::shared_ptr<void>(typed().rnn_create(cell_, cptr<T>(W_ih_), cptr<T>(W_hh_), bi, bh, D_, H_), destroy);
   }
 
-  // The projected embedding of one SIMD level, with the packed weights it was made from.
-  struct Input {
-    const KernelTable* level;
-    std::shared_ptr<void> handle;
-    AlignedBuffer<T> rows;  // V rows of cols values
-  };
-
   py::array checked_embedding(py::object embedding) const {
     if (!py::isinstance<py::array>(embedding)) throw py::type_error("embedding must be a numpy array");
     py::array e(embedding);
@@ -122,30 +144,6 @@ class RnnLayerT {
     require_same_dtype(e, dtype(), "embedding");
     if (e.shape(1) != D_) throw std::invalid_argument("embedding must have D columns (the layer's input size)");
     return e;
-  }
-
-  // The table of `e` for the current level and weights: the kept one, or one
-  // projected now (GIL released) and kept only if nothing changed meanwhile.
-  std::shared_ptr<const Input> input_for(const py::array& e) {
-    if (!embedding_.is(e)) {
-      embedding_ = e;
-      input_.reset();
-    }
-    std::shared_ptr<const Input> have = input_;
-    if (have && have->level == table_ && have->handle == handle_) return have;
-    auto made = std::make_shared<Input>();
-    made->level = table_;
-    made->handle = handle_;
-    const TypedKernels<T>& k = kernels_of(made->level);
-    const index_t V = e.shape(0);
-    made->rows.resize(static_cast<std::size_t>(checked_mul(V, k.rnn_cols(made->handle.get()))));
-    const T* pe = cptr<T>(e);
-    {
-      py::gil_scoped_release release;  // e (the caller's) and made are held
-      k.rnn_project(made->handle.get(), pe, V, made->rows.data());
-    }
-    if (embedding_.is(e) && table_ == made->level && handle_ == made->handle) input_ = made;
-    return made;
   }
 
   struct State {
@@ -228,11 +226,10 @@ class RnnLayerT {
   }
 
   int cell_;
+  std::uint64_t serial_;
   py::array W_ih_, W_hh_;
   py::object b_ih_, b_hh_;
   index_t D_ = 0, H_ = 0;
-  py::object embedding_ = py::none();
-  std::shared_ptr<const Input> input_;  // projected embedding rows (see current_input)
   const KernelTable* table_ = nullptr;
   std::shared_ptr<void> handle_;  // packed weights of table_'s level
 };
@@ -285,20 +282,18 @@ class RnnLayer {
     else
       f_->run(x, B, T_len, row_b, row_t, lengths, reverse, h, c, out, out_ld, out_off, pool, pool_until);
   }
-  void set_input_table(py::object embedding) {
-    if (f64_)
-      d_->set_input_table(embedding);
-    else
-      f_->set_input_table(embedding);
+  std::shared_ptr<RnnInputTable> project(py::object embedding) {
+    return f64_ ? d_->project(embedding) : f_->project(embedding);
   }
-  py::object input_table_source() const { return f64_ ? d_->input_table_source() : f_->input_table_source(); }
-  void run_ids(py::object embedding, py::array ids, index_t B, index_t T_len, py::object lengths, bool reverse,
+  bool is_current(const RnnInputTable& t) const { return t.f64 == f64_ && (f64_ ? d_->is_current(t) : f_->is_current(t)); }
+  void run_ids(const RnnInputTable& t, py::array ids, index_t B, index_t T_len, py::object lengths, bool reverse,
                py::array h, py::object c, py::object out, index_t out_ld, index_t out_off, py::object pool,
                py::object pool_until) {
+    if (t.f64 != f64_) throw std::invalid_argument("table was projected by another RnnLayer");
     if (f64_)
-      d_->run_ids(embedding, ids, B, T_len, lengths, reverse, h, c, out, out_ld, out_off, pool, pool_until);
+      d_->run_ids(t, ids, B, T_len, lengths, reverse, h, c, out, out_ld, out_off, pool, pool_until);
     else
-      f_->run_ids(embedding, ids, B, T_len, lengths, reverse, h, c, out, out_ld, out_off, pool, pool_until);
+      f_->run_ids(t, ids, B, T_len, lengths, reverse, h, c, out, out_ld, out_off, pool, pool_until);
   }
   bool is_f64() const { return f64_; }
 
@@ -311,6 +306,12 @@ class RnnLayer {
 }  // namespace
 
 void bind_rnn(py::module_& m) {
+  py::class_<RnnInputTable, std::shared_ptr<RnnInputTable>>(
+      m, "RnnInputTable", "An embedding projected through one RnnLayer's weights (RnnLayer.project); immutable.")
+      .def_property_readonly("vocab_size", [](const RnnInputTable& t) { return t.V; })
+      .def_property_readonly("nbytes", [](const RnnInputTable& t) {
+        return t.V * t.cols * static_cast<index_t>(t.f64 ? sizeof(double) : sizeof(float));
+      });
   py::class_<RnnLayer>(m, "RnnLayer",
                        "One direction of one recurrent layer with its weights packed once (PyTorch layout in).")
       .def(py::init<int, py::array, py::array, py::object, py::object>(), py::arg("cell"), py::arg("W_ih"),
@@ -323,17 +324,16 @@ void bind_rnn(py::module_& m) {
            "state out; writes H columns of out starting at out_off (rows of out_ld).  With pool (B, F) and "
            "pool_until (B,) int64, also adds h into pool[i, out_off:out_off + H] at the steps t < pool_until[i]; "
            "out may then be None.")
-      .def("set_input_table", &RnnLayer::set_input_table, py::arg("embedding").none(true),
-           "Project every row of embedding (V, D) through W_ih (bias included) once, for run_ids; None drops it.")
-      .def_property_readonly("input_table_source", &RnnLayer::input_table_source,
-                             "The embedding the input table was projected from, or None.")
-      .def("run_ids", &RnnLayer::run_ids, py::arg("embedding"), py::arg("ids"), py::arg("B"), py::arg("T"),
+      .def("project", &RnnLayer::project, py::arg("embedding"),
+           "The input projection of every row of embedding (V, D), bias included, at the current SIMD level.")
+      .def("is_current", &RnnLayer::is_current, py::arg("table"),
+           "True if table was projected by this layer from its current packing (projecting again gives the same).")
+      .def("run_ids", &RnnLayer::run_ids, py::arg("table"), py::arg("ids"), py::arg("B"), py::arg("T"),
            py::arg("lengths").none(true),
            py::arg("reverse"), py::arg("h"), py::arg("c").none(true), py::arg("out").none(true), py::arg("out_ld"),
            py::arg("out_off"), py::arg("pool") = py::none(), py::arg("pool_until") = py::none(),
-           "Run over token ids (B, T) int64, step t of row i reading row ids[i, t] of the input projection of "
-           "embedding (V, D), made on first use and kept while the same embedding object comes back (it must not "
-           "change); outputs batch-major (rows i * T + t of out_ld).")
+           "Run over token ids (B, T) int64, step t of row i reading row ids[i, t] of table (made by this "
+           "layer's project); outputs batch-major (rows i * T + t of out_ld).")
       .def_property_readonly("is_f64", &RnnLayer::is_f64);
 }
 

@@ -107,11 +107,12 @@ class RecurrentWeights(NamedTuple):
 class _Prepared:
     """Weights of one layer and direction in the kernels' layout."""
 
-    __slots__ = ("_core_layer", "b_hh", "b_ih", "bias", "bias_hn", "kind", "w_hh_t", "w_ih_t")
+    __slots__ = ("_core_layer", "_table", "b_hh", "b_ih", "bias", "bias_hn", "kind", "w_hh_t", "w_ih_t")
 
     def __init__(self, kind, W_ih, W_hh, b_ih, b_hh):
         self.kind = kind
         self._core_layer = None
+        self._table = None
         # always copies: later changes to the caller's arrays must not reach the layer
         self.w_ih_t = np.array(W_ih.T, order="C")
         self.w_hh_t = np.array(W_hh.T, order="C")
@@ -135,6 +136,22 @@ class _Prepared:
             )
             self._core_layer = (relu, layer)
         return self._core_layer[1]
+
+    def input_table(self, relu: bool, embedding: np.ndarray):
+        """The compiled layer's projection of ``embedding`` (V, D), kept for the next call.
+
+        Kept by identity of ``embedding`` (which must not change: the encoder
+        passes its private read-only copy) and remade when the layer repacks
+        its weights for another SIMD level.  One table per direction: the
+        last embedding wins (encoders sharing a layer each remake it in turn).
+        """
+        core = self.core_layer(relu)
+        kept = self._table  # one read: other threads may replace it
+        if kept is not None and kept[0] is embedding and kept[1] is core and core.is_current(kept[2]):
+            return kept[2]
+        table = core.project(embedding)
+        self._table = (embedding, core, table)
+        return table
 
     def public(self) -> RecurrentWeights:
         views = []
@@ -225,7 +242,7 @@ def _forward_cpp(kind, x, batch_first, cells, initial, lengths, *, relu=False, i
     a bidirectional layer needs no concatenation).  With ``ids`` (B, T) int64
     (batch-major) and ``embedding`` (V, D) instead of ``x``, layer 0 reads the
     rows of its projected embedding table picked by the ids (see
-    ``_core.RnnLayer.run_ids``).  Returns ``(outputs, finals)`` as
+    ``_Prepared.input_table`` and ``_core.RnnLayer.run_ids``).  Returns ``(outputs, finals)`` as
     :func:`_forward` does, outputs in the input's layout; with ``pool_until``
     (B,) int64 the last layer writes no outputs and ``outputs`` is instead
     (B, F): the sum of each row's outputs over its steps t < pool_until.
@@ -257,7 +274,8 @@ def _forward_cpp(kind, x, batch_first, cells, initial, lengths, *, relu=False, i
             h = np.array(initial[0][k], dtype=dt, order="C")
             c = np.array(initial[1][k], dtype=dt, order="C") if kind == "lstm" else None
             if layer == 0 and ids is not None:
-                core.run_ids(embedding, ids, B, T, lengths, d == 1, h, c, out, num_dirs * H, d * H, pooled, until)
+                table = p.input_table(relu, embedding)
+                core.run_ids(table, ids, B, T, lengths, d == 1, h, c, out, num_dirs * H, d * H, pooled, until)
             else:
                 core.run(seq, B, T, batch_first, lengths, d == 1, h, c, out, num_dirs * H, d * H, pooled, until)
             finals[0][k] = h
