@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -57,6 +58,7 @@ __all__ = ["GRU", "LSTM", "RNN", "RecurrentWeights", "gru_forward", "lstm_forwar
 
 _SUPPORTED = ("numpy", "numba", "cpp")
 
+_CORE_LOCK = threading.Lock()  # guards the lazy creation of compiled layers
 _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
@@ -111,7 +113,7 @@ class _Prepared:
 
     def __init__(self, kind, W_ih, W_hh, b_ih, b_hh):
         self.kind = kind
-        self._core_layer = None
+        self._core_layer: dict[bool, Any] = {}
         self._table = None
         # always copies: later changes to the caller's arrays must not reach the layer
         self.w_ih_t = np.array(W_ih.T, order="C")
@@ -128,24 +130,32 @@ class _Prepared:
             self.bias_hn = None
 
     def core_layer(self, relu: bool):
-        """The compiled layer: weights permuted and packed once, on first use."""
-        if self._core_layer is None or self._core_layer[0] != relu:
-            cell = {"lstm": 0, "gru": 1}.get(self.kind, 3 if relu else 2)
-            layer = _backend.core().RnnLayer(
-                cell, np.ascontiguousarray(self.w_ih_t.T), np.ascontiguousarray(self.w_hh_t.T), self.b_ih, self.b_hh
-            )
-            self._core_layer = (relu, layer)
-        return self._core_layer[1]
+        """The compiled layer: weights permuted and packed once, on first use.
 
-    def input_table(self, relu: bool, embedding: np.ndarray):
+        Made under a lock, so threads sharing these weights share one layer
+        (and so one projected input table, see :meth:`input_table`).
+        """
+        layer = self._core_layer.get(relu)
+        if layer is None:
+            with _CORE_LOCK:
+                layer = self._core_layer.get(relu)
+                if layer is None:
+                    cell = {"lstm": 0, "gru": 1}.get(self.kind, 3 if relu else 2)
+                    layer = _backend.core().RnnLayer(
+                        cell, np.ascontiguousarray(self.w_ih_t.T), np.ascontiguousarray(self.w_hh_t.T), self.b_ih, self.b_hh
+                    )
+                    self._core_layer[relu] = layer
+        return layer
+
+    def input_table(self, core, embedding: np.ndarray):
         """The compiled layer's projection of ``embedding`` (V, D), kept for the next call.
 
         Kept by identity of ``embedding`` (which must not change: the encoder
         passes its private read-only copy) and remade when the layer repacks
-        its weights for another SIMD level.  One table per direction: the
-        last embedding wins (encoders sharing a layer each remake it in turn).
+        its weights for another SIMD level.  ``core`` is this direction's
+        :meth:`core_layer`.  One table per direction: the last embedding wins
+        (encoders sharing a layer each remake it in turn).
         """
-        core = self.core_layer(relu)
         kept = self._table  # one read: other threads may replace it
         if kept is not None and kept[0] is embedding and kept[1] is core and core.is_current(kept[2]):
             return kept[2]
@@ -274,7 +284,7 @@ def _forward_cpp(kind, x, batch_first, cells, initial, lengths, *, relu=False, i
             h = np.array(initial[0][k], dtype=dt, order="C")
             c = np.array(initial[1][k], dtype=dt, order="C") if kind == "lstm" else None
             if layer == 0 and ids is not None:
-                table = p.input_table(relu, embedding)
+                table = p.input_table(core, embedding)
                 core.run_ids(table, ids, B, T, lengths, d == 1, h, c, out, num_dirs * H, d * H, pooled, until)
             else:
                 core.run(seq, B, T, batch_first, lengths, d == 1, h, c, out, num_dirs * H, d * H, pooled, until)

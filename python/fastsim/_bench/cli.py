@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import math
 import json
 import os
 import platform
@@ -94,6 +95,13 @@ def percent_of_peak(gflops: float, dtype: str, peak: dict, out=None) -> float:
     return 100.0 * gflops / peak[key]
 
 
+def _fmt_num(value: float, width: int, spec: str, suffix: str = "") -> str:
+    """``value`` formatted, or "-" where it does not exist (nan: no flop count, no %peak)."""
+    if math.isnan(value):
+        return "-".rjust(width + len(suffix))
+    return f"{value:{width}{spec}}{suffix}"
+
+
 def _fmt_time(t: float) -> str:
     if t < 1e-3:
         return f"{t * 1e6:8.1f} us"
@@ -169,7 +177,8 @@ def run(args) -> list[dict]:
                        gflops=gflops, pct_peak=pct, speedup_vs_numpy=speed, max_abs_err=err, **case.notes)
             results.append(row)
             print(f"{case.op:<22} {case.shape:<26} {case.dtype:<8} {name:<12} {_fmt_time(t):>11} "
-                  f"{gflops:8.1f} {pct:5.1f}% {speed:8.2f}x {err:9.1e}", file=out, flush=True)
+                  f"{_fmt_num(gflops, 8, '.1f')} {_fmt_num(pct, 5, '.1f', '%')} {speed:8.2f}x {err:9.1e}", file=out,
+                  flush=True)
         del inputs, reference
     if args.json:
         meta = dict(info=fastsim.info(), peak_gflops=peak, full=args.full, time=time.strftime("%Y-%m-%d %H:%M:%S"))
