@@ -11,6 +11,7 @@ void bind_topk(py::module_& m);
 void bind_rnn(py::module_& m);
 void bind_rnn_train(py::module_& m);
 void bind_range(py::module_& m);
+void bind_optim(py::module_& m);
 }  // namespace fastsim::bind
 
 PYBIND11_MODULE(_core, m) {
@@ -22,4 +23,5 @@ PYBIND11_MODULE(_core, m) {
   fastsim::bind::bind_rnn(m);
   fastsim::bind::bind_rnn_train(m);
   fastsim::bind::bind_range(m);
+  fastsim::bind::bind_optim(m);
 }

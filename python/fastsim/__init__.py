@@ -21,6 +21,8 @@ from .cosine import cosine_similarity, cosine_similarity_matrix, cosine_similari
 from .pipeline import SiameseEncoder, Vocabulary, accuracy, is_duplicate, similarity
 from .rnn import GRU, LSTM, RNN, gru_forward, lstm_forward, rnn_forward
 from .mining import duplicate_groups, paraphrase_mining, range_search
+from .model import DuplicateModel, load_model
+from .trainer import TrainConfig, TrainResult, train
 from .topk import top_k
 from .training import RecurrentGradients, RecurrentTape, recurrent_backward, recurrent_forward_train
 from .triplet import (HardNegatives, TripletLossParts, hard_negatives, modified_triplet_loss,
@@ -41,6 +43,11 @@ __all__ = [
     "range_search",
     "duplicate_groups",
     "paraphrase_mining",
+    "DuplicateModel",
+    "load_model",
+    "TrainConfig",
+    "TrainResult",
+    "train",
     "SiameseEncoder",
     "Vocabulary",
     "accuracy",

@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastsim bench`` and ``python -m fastsim info``."""
+"""Command line: ``python -m fastsim bench | info | train | dedup | make-pairs``."""
 
 from __future__ import annotations
 

@@ -114,6 +114,19 @@ def rnn_train_backward(
     dx: npt.NDArray[np.floating], dW_ih: npt.NDArray[np.floating], dW_hh: npt.NDArray[np.floating],
     db_ih: npt.NDArray[np.floating], db_hh: npt.NDArray[np.floating],
 ) -> None: ...
+def adam_dense(
+    p: npt.NDArray[np.floating], m: npt.NDArray[np.floating], v: npt.NDArray[np.floating],
+    g: npt.NDArray[np.floating], step_size: float, beta1: float, beta2: float, eps: float, bc2_sqrt: float,
+    weight_decay: float,
+) -> None: ...
+def adam_rows(
+    p: npt.NDArray[np.floating], m: npt.NDArray[np.floating], v: npt.NDArray[np.floating],
+    rows: npt.NDArray[np.int64], values: npt.NDArray[np.floating], step_size: float, beta1: float, beta2: float,
+    eps: float, bc2_sqrt: float, lazy: bool,
+) -> None: ...
+def segment_sum_rows(
+    src: npt.NDArray[np.floating], order: npt.NDArray[np.int64], starts: npt.NDArray[np.int64]
+) -> npt.NDArray[np.floating]: ...
 def range_search(
     queries: npt.NDArray[np.floating],
     corpus: npt.NDArray[np.floating],

@@ -88,6 +88,38 @@ class SiameseEncoder(torch.nn.Module):
                 pooled = torch.cat([pooled[:, :H], out[:, 0, H:]], dim=1)
         return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
 
+    @classmethod
+    def from_fastsim(cls, encoder, *, backend: str = "auto") -> SiameseEncoder:
+        """A trainable module holding the weights of a :class:`fastsim.SiameseEncoder` (or a trained model's).
+
+        ``encoder`` may be a :class:`fastsim.DuplicateModel` (its encoder is
+        taken) or a path to a model or encoder file.  The recurrent part must be
+        one fastsim LSTM (the course's model); the pooling is kept.
+        """
+        import os
+
+        import fastsim
+
+        if isinstance(encoder, (str, os.PathLike)):
+            encoder = fastsim.SiameseEncoder.load(encoder)
+        if isinstance(encoder, fastsim.DuplicateModel):
+            encoder = encoder.encoder
+        if not isinstance(encoder, fastsim.SiameseEncoder):
+            msg = f"encoder must be a fastsim.SiameseEncoder, DuplicateModel or a path; got {type(encoder).__name__}"
+            raise TypeError(msg)
+        layers = encoder.layers
+        if len(layers) != 1 or not isinstance(layers[0], fastsim.LSTM):
+            msg = "from_fastsim needs an encoder with one fastsim.LSTM (the course's model)"
+            raise ValueError(msg)
+        lstm = layers[0]
+        dtype = torch.float64 if encoder.dtype == "float64" else torch.float32
+        module = cls(encoder.vocab_size, encoder.embedding_dim, lstm.hidden_size, lstm.num_layers,
+                     bidirectional=lstm.bidirectional, pooling=encoder.pooling, backend=backend, dtype=dtype)
+        state = {"embedding.weight": torch.from_numpy(encoder.embedding.copy())}
+        state.update({f"lstm.{k}": torch.as_tensor(v).clone() for k, v in lstm.state_dict().items()})
+        module.load_state_dict(state)
+        return module
+
     def to_fastsim(self):
         """The trained weights as a :class:`fastsim.SiameseEncoder` (inference, NumPy arrays)."""
         import fastsim

@@ -14,10 +14,12 @@ The course's question-duplicates model, for inference:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -40,6 +42,35 @@ UNK_TOKEN = "<UNK>"
 
 # words (letters, digits, underscore) or single punctuation marks
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_npz_atomic(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to the ``.npz`` file ``path`` (no suffix added), never leaving it half-written.
+
+    The file is written beside ``path`` under a temporary name and renamed
+    over it once complete; on any error the temporary file is removed and
+    ``path`` is left as it was.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a saved model is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 # --------------------------------------------------------------------------- vocabulary
@@ -761,8 +792,14 @@ class SiameseEncoder:
         The file holds the weights as arrays (``embedding``, and
         ``rnn{i}.weight_ih_l0`` ... in PyTorch's names) and the configuration
         as a JSON string under ``config``; :meth:`load` reads it back without
-        pickle.
+        pickle (and ignores entries it does not know, such as those of a
+        :class:`fastsim.model.DuplicateModel` file).  The file is written under
+        a temporary name and renamed when complete.
         """
+        write_npz_atomic(path, self._file_arrays())
+
+    def _file_arrays(self) -> dict[str, np.ndarray]:
+        """The entries of the encoder's ``.npz`` file."""
         arrays = {"embedding": self._embedding}
         layers = []
         for i, layer in enumerate(self._layers):
@@ -778,8 +815,8 @@ class SiameseEncoder:
             "embedding_dim": self.embedding_dim,
             "layers": layers,
         }
-        with open(path, "wb") as fh:
-            np.savez(fh, config=np.array(json.dumps(config)), **arrays)
+        arrays["config"] = np.array(json.dumps(config))
+        return arrays
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SiameseEncoder:

@@ -1,4 +1,5 @@
-"""``python -m fastsim bench``: time every backend against the NumPy reference.
+"""``python -m fastsim``: ``bench`` times every backend against the NumPy reference; ``info``; ``train``, ``dedup``
+and ``make-pairs`` (see :mod:`fastsim._cli_train`).
 
 The default run is a quick representative workload (about a minute); ``--full``
 runs every case.  Each row gives the median time, GFLOP/s, the share of this
@@ -11,8 +12,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import math
 import json
+import math
 import os
 import platform
 import sys
@@ -22,6 +23,7 @@ import numpy as np
 
 import fastsim
 
+from .. import _cli_train
 from .common import max_abs_error, time_rounds
 
 AREAS = ("cosine", "triplet", "rnn", "pipeline", "train")
@@ -249,7 +251,10 @@ def main(argv=None) -> int:
     b.add_argument("--rows", type=lambda s: [int(v) for v in s.split(",")], default=None,
                    help="mining: comma-separated corpus sizes (default 50000; --full: 200000,1000000)")
     sub.add_parser("info", help="print version, backends, SIMD level and threads")
+    _cli_train.add_parsers(sub)
     args = parser.parse_args(argv)
+    if args.command in _cli_train.COMMANDS:
+        return _cli_train.run(args)
     if args.command == "info":
         for k, v in fastsim.info().items():
             print(f"{k}: {v}")

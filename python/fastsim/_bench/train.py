@@ -9,7 +9,9 @@
   ``nn.LSTM`` + the loss in torch operations + ``torch.optim.Adam``;
   ``fastsim``: :class:`fastsim.torch.SiameseEncoder` +
   :class:`fastsim.torch.ModifiedTripletLoss` + the same optimizer, from the
-  same weights.
+  same weights; ``fastsim native``: the same step by
+  :class:`fastsim.trainer.SiameseTrainer` (no PyTorch: fastsim's kernels, its
+  embedding row gradients and its Adam), from the same weights.
 * ``lstm_backward``: the backward pass alone of one LSTM layer (the graph is
   built once and its backward re-run), gradients of the input, the weights
   and the biases, against ``nn.LSTM``'s.
@@ -119,16 +121,28 @@ def course_case(V=41699, E=128, H=128, B=256, T=32, dtype=np.float32, seed=0) ->
                 return loss.item()
 
             inputs[name] = step
-        # the two losses agree before any step (same weights, same batch)
+        # the native trainer: the same model (the LSTM over all T positions, mean over T), weights, batch and Adam
+        from fastsim.trainer import SiameseTrainer, TrainConfig
+
+        config = TrainConfig(embedding_dim=E, hidden_size=H, max_length=T, pooling="mean", reduction="sum", lr=1e-3,
+                             dtype=np.dtype(dtype).name)
+        native = SiameseTrainer(config, V)
+        native.load_params({k: v.detach().numpy() for k, v in fast.state_dict().items()})
+        both = np.ascontiguousarray(ids.reshape(2 * B, T).numpy())
+        full = np.full(2 * B, T, dtype=np.int64)
+        # the losses agree before any step (same weights, same batch)
         with torch.no_grad():
             first = {name: float(fn()) for name, (_, fn) in models.items()}
+        first["fastsim native"] = native.value_and_grad(both, full)[0]
+        inputs["fastsim native"] = lambda: native.step(both, full)
         _report_memory("course_step", inputs)
         inputs["first_losses"] = first
         return inputs
 
     return Case(op="course_step", shape=f"V={V} B={B}x2 T={T} E=H={H}", dtype=np.dtype(dtype).name,
                 flops=course_flops(B, T, E, H), make_inputs=make,
-                runners={"torch": lambda i: i["torch"](), "fastsim": lambda i: i["fastsim"]()},
+                runners={"torch": lambda i: i["torch"](), "fastsim": lambda i: i["fastsim"](),
+                         "fastsim native": lambda i: i["fastsim native"]()},
                 reference=None, min_repeats=3, notes={"baseline": BASELINE})
 
 
