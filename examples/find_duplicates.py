@@ -11,6 +11,8 @@ Reads a CSV with the columns ``question1``, ``question2`` and ``is_duplicate``
 
 Finally it lists the nearest questions to a few of them with ``fastsim.top_k``.
 
+``--model`` loads an encoder saved by ``--save`` or a model trained by
+``python -m fastsim train`` (its vocabulary and threshold come with it).
 Without ``--model`` the encoder has random weights, so the accuracy says little
 about duplicates (a trained model is needed for that); the pipeline, the
 shapes and the speed are the same.  ``--save`` writes the encoder and its
@@ -92,8 +94,18 @@ def main(argv=None) -> int:
     q1, q2, labels = read_pairs(args.csv)
     print(f"{len(q1)} pairs from {args.csv} ({int(labels.sum())} duplicates)")
 
+    trained = None
+    if args.model:
+        try:  # a model saved by `python -m fastsim train` carries its vocabulary and threshold
+            trained = fastsim.load_model(args.model)
+        except ValueError:
+            trained = None
     vocab_file = args.vocab or (vocab_path_for(args.model) if args.model else None)
-    if vocab_file and Path(vocab_file).exists():
+    if trained is not None:
+        vocab = trained.vocabulary
+        args.threshold = trained.threshold
+        print(f"vocabulary: {len(vocab)} tokens and threshold {trained.threshold:.3f} from {args.model}")
+    elif vocab_file and Path(vocab_file).exists():
         vocab = fastsim.Vocabulary.load(vocab_file)
         print(f"vocabulary: {len(vocab)} tokens from {vocab_file}")
     else:
