@@ -153,10 +153,21 @@ class _Optimizer:
                 msg = f"optimizer state entry {key!r} does not belong to this optimizer's parameters"
                 raise ValueError(msg)
             p = self.params[name]
+            if part == "step":  # a parameter's own step count
+                if value.shape != () or int(value) < 0:
+                    msg = f"optimizer state {key!r} must be a non-negative count; got shape {value.shape}"
+                    raise ValueError(msg)
+                restored[name][part] = np.array(int(value), dtype=np.int64)
+                continue
             if value.shape != p.shape:
                 msg = f"optimizer state {key!r} has shape {value.shape}; the parameter has {p.shape}"
                 raise ValueError(msg)
             restored[name][part] = np.array(value, dtype=p.dtype)
+        for name, st in restored.items():
+            moments = [k for k in ("exp_avg", "exp_avg_sq") if k in self._STATE]
+            if moments and any(k in st for k in moments) and not all(k in st for k in moments):
+                msg = f"optimizer state of {name!r} must hold all of {moments} or none"
+                raise ValueError(msg)
         self.steps = int(state["steps"])
         self.state = restored
 
@@ -220,10 +231,11 @@ class Adam(_Optimizer):
     Parameters named in ``lazy`` (the embedding) take :class:`RowGradient`
     and are updated only at those rows, moments included:
     ``p[rows] -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``
-    with t this optimizer's step count, as ``torch.optim.SparseAdam``.
+    as ``torch.optim.SparseAdam``.  t is each parameter's own count of the
+    steps it took part in, as in torch.
     """
 
-    _STATE = ("exp_avg", "exp_avg_sq")
+    _STATE = ("exp_avg", "exp_avg_sq", "step")
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *,
                  weight_decay: float = 0.0, lazy: tuple[str, ...] = (), backend: str = "auto") -> None:
@@ -259,29 +271,36 @@ class Adam(_Optimizer):
         return st["exp_avg"], st["exp_avg_sq"]
 
     def step(self, grads: Mapping, lr: float | None = None) -> None:
+        """One step for every parameter in ``grads``; each counts its own steps (its bias correction), as torch."""
         lr = self.lr if lr is None else _check_lr(lr)
         b1, b2 = self.betas
-        t = self.steps + 1
-        bc1 = 1.0 - b1**t
-        bc2 = 1.0 - b2**t
-        for name, g in self._grads(grads).items():
+        grads = self._grads(grads)
+        for name, g in grads.items():  # every check before any update
+            if name in self.lazy and not isinstance(g, RowGradient):
+                msg = f"the lazy parameter {name!r} takes a RowGradient; got {type(g).__name__}"
+                raise TypeError(msg)
+        for name, g in grads.items():
             p = self.params[name]
+            lazy = name in self.lazy
+            if isinstance(g, RowGradient):
+                g = RowGradient(np.ascontiguousarray(g.rows, np.int64), np.ascontiguousarray(g.values, p.dtype))
+            else:
+                g = np.ascontiguousarray(g, p.dtype)  # the arithmetic is in the parameter's dtype
             m, v = self._moments(name, p)
+            st = self.state[name]
+            t = int(st.get("step", 0)) + 1
+            st["step"] = np.array(t, dtype=np.int64)
+            bc1 = 1.0 - b1**t
+            bc2 = 1.0 - b2**t
             core = self._core if p.flags.c_contiguous and p.dtype in (np.float32, np.float64) else None
             if core is not None and isinstance(g, RowGradient) and p.ndim == 2 and not self.weight_decay:
-                lazy = name in self.lazy
-                core.adam_rows(p, m, v, np.ascontiguousarray(g.rows, np.int64),
-                               np.ascontiguousarray(g.values, p.dtype),
-                               lr * math.sqrt(bc2) / bc1 if lazy else lr / bc1, b1, b2, self.eps, math.sqrt(bc2), lazy)
+                core.adam_rows(p, m, v, g.rows, g.values, lr * math.sqrt(bc2) / bc1 if lazy else lr / bc1, b1, b2,
+                               self.eps, math.sqrt(bc2), lazy)
                 continue
             if core is not None and not isinstance(g, RowGradient):
-                core.adam_dense(p, m, v, np.ascontiguousarray(g, p.dtype), lr / bc1, b1, b2, self.eps, math.sqrt(bc2),
-                                self.weight_decay)
+                core.adam_dense(p, m, v, g, lr / bc1, b1, b2, self.eps, math.sqrt(bc2), self.weight_decay)
                 continue
-            if name in self.lazy:
-                if not isinstance(g, RowGradient):
-                    msg = f"the lazy parameter {name!r} takes a RowGradient; got {type(g).__name__}"
-                    raise TypeError(msg)
+            if lazy:
                 rows, gv = g.rows, g.values
                 m_old, v_old = m[rows], v[rows]
                 m_new = m_old + (gv - m_old) * (1.0 - b1)
@@ -303,7 +322,7 @@ class Adam(_Optimizer):
             denom /= math.sqrt(bc2)
             denom += self.eps
             p -= (lr / bc1) * (m / denom)
-        self.steps = t
+        self.steps += 1
 
 
 OPTIMIZERS = ("adam", "sparse_adam", "sgd")

@@ -28,6 +28,7 @@ name and renamed when complete.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -605,6 +606,20 @@ def _ids_of(vocab, texts, max_length):
     return ids, lengths
 
 
+def _remove_stale_temporaries(path):
+    """Remove what a killed run left of an unfinished checkpoint write (``<name>.<random>.tmp`` beside it)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = os.path.basename(os.fspath(path)) + "."
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+
+
 def _save_checkpoint(path, trainer, state, vocab, data_digest):
     doc = {"format": _CHECKPOINT, "version": 1, "config": trainer.config.to_dict(), "data": data_digest,
            "vocab_size": trainer.vocab_size, **{k: v for k, v in state.items() if k != "losses"}}
@@ -712,6 +727,8 @@ def train(pairs: Any, *, out: str | os.PathLike[str] | None = None, config: Trai
         msg = (f"batch_size = {config.batch_size} is more than the {len(dup)} duplicate pairs of the training split "
                f"({n} pairs, {int(data.labels.sum())} duplicates in all); lower batch_size")
         raise ValueError(msg)
+    if checkpoint is not None:
+        _remove_stale_temporaries(checkpoint)
     state: dict[str, Any]
     if resume and checkpoint is not None and os.path.exists(checkpoint):
         state, arrays, vocab, where = _load_checkpoint(checkpoint, config, digest)
