@@ -184,8 +184,8 @@ def paraphrase_pairs(n: int, *, seed: int = 0, templates: str = "default", dupli
                 a, b = forms[i].format(x=slot), intents[twin_of[intent]][i].format(x=slot)
             else:
                 other = pick([s for s in slots if s != slot])
-                i, j = (int(rng.integers(len(forms))),) * 2 if rng.random() < 0.5 else rng.choice(len(forms), 2)
-                a, b = forms[i].format(x=slot), forms[j].format(x=other)
+                i = int(rng.integers(len(forms)))
+                a, b = forms[i].format(x=slot), forms[i].format(x=other)
             label = 0
         else:
             other_intent = pick([m for m in names if m != intent and m != twin_of.get(intent)])
