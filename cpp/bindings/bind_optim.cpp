@@ -18,6 +18,18 @@ void require_like(const py::array& a, const py::array& ref, DType dt, const char
     if (a.shape(k) != ref.shape(k)) throw std::invalid_argument(std::string(name) + " must have the parameter's shape");
 }
 
+// The parameter and its two moments: one float dtype, one shape, C-contiguous, writeable.
+DType checked_state(py::array& p, py::array& m, py::array& v) {
+  const DType dt = dtype_of(p, "p");
+  require_c_contiguous(p, "p");
+  require_writeable(p, "p");
+  require_writeable(m, "m");
+  require_writeable(v, "v");
+  require_like(m, p, dt, "m");
+  require_like(v, p, dt, "v");
+  return dt;
+}
+
 void require_int64(const py::array& a, int ndim, const char* name) {
   if (!a.dtype().equal(py::dtype::of<int64_t>())) throw py::type_error(std::string(name) + " must be int64");
   require_ndim(a, ndim, name);
@@ -79,13 +91,7 @@ void bind_optim(py::module_& m) {
       "adam_dense",
       [](py::array p, py::array mo, py::array v, py::array g, double step_size, double b1, double b2, double eps,
          double bc2_sqrt, double weight_decay) {
-        const DType dt = dtype_of(p, "p");
-        require_c_contiguous(p, "p");
-        require_writeable(p, "p");
-        require_writeable(mo, "m");
-        require_writeable(v, "v");
-        require_like(mo, p, dt, "m");
-        require_like(v, p, dt, "v");
+        const DType dt = checked_state(p, mo, v);
         require_like(g, p, dt, "g");
         if (dt == DType::F64)
           dense_t<double>(p, mo, v, g, step_size, b1, b2, eps, bc2_sqrt, weight_decay);
@@ -101,12 +107,7 @@ void bind_optim(py::module_& m) {
          double b2, double eps, double bc2_sqrt, bool lazy) {
         const DType dt = dtype_of(p, "p");
         require_ndim(p, 2, "p");
-        require_c_contiguous(p, "p");
-        require_writeable(p, "p");
-        require_writeable(mo, "m");
-        require_writeable(v, "v");
-        require_like(mo, p, dt, "m");
-        require_like(v, p, dt, "v");
+        checked_state(p, mo, v);
         require_int64(rows, 1, "rows");
         require_same_dtype(vals, dt, "values");
         require_ndim(vals, 2, "values");

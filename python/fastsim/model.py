@@ -29,23 +29,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .pipeline import SiameseEncoder, Vocabulary, write_npz_atomic
+from .pipeline import SiameseEncoder, Vocabulary, _check_texts, write_npz_atomic
 
 __all__ = ["DuplicateModel", "load_model"]
 
 _FORMAT = "fastsim.DuplicateModel"
-
-
-def _check_texts(texts, name):
-    if isinstance(texts, (str, bytes)):
-        msg = f"{name} must be a list of strings, not a single string; wrap it in a list"
-        raise TypeError(msg)
-    items = list(texts)
-    for i, t in enumerate(items):
-        if not isinstance(t, str):
-            msg = f"{name}[{i}] must be a str; got {type(t).__name__}"
-            raise TypeError(msg)
-    return items
 
 
 class DuplicateModel:

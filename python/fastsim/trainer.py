@@ -592,13 +592,16 @@ class _Bar:
             self.bar.close()
 
 
-def _evaluate(trainer, vocab, split, data, threshold=None, backend="auto"):
+def _evaluate(trainer, vocab, eval_split, test_split, data, backend="auto"):
+    """Threshold and accuracy on the validation split, and the test accuracy at that threshold (one model)."""
     model = DuplicateModel(trainer.encoder(), vocab, 0.0, max_length=trainer.config.max_length)
-    sims = model.similarity([data.q1[i] for i in split], [data.q2[i] for i in split], backend=backend)
-    labels = data.labels[split]
-    if threshold is None:
-        return best_threshold(sims, labels)
-    return threshold, float(np.mean((sims >= threshold) == (labels == 1)))
+
+    def sims(split):
+        return model.similarity([data.q1[i] for i in split], [data.q2[i] for i in split], backend=backend)
+
+    thr, acc = best_threshold(sims(eval_split), data.labels[eval_split])
+    test = sims(test_split) >= thr
+    return thr, acc, float(np.mean(test == (data.labels[test_split] == 1)))
 
 
 def _ids_of(vocab, texts, max_length):
@@ -765,8 +768,7 @@ def train(pairs: Any, *, out: str | os.PathLike[str] | None = None, config: Trai
     eval_split = va if len(va) else tr
     test_split = te if len(te) else eval_split
     if not state["history"]:
-        thr, acc = _evaluate(trainer, vocab, eval_split, data, backend=backend)
-        test_acc = _evaluate(trainer, vocab, test_split, data, thr, backend)[1]
+        thr, acc, test_acc = _evaluate(trainer, vocab, eval_split, test_split, data, backend)
         state["history"].append({"epoch": 0, "loss": None, "val_accuracy": acc, "threshold": thr,
                                  "test_accuracy": test_acc, "seconds": 0.0, "pairs_per_second": None})
     bar = _Bar(progress, total_steps * config.batch_size, trainer.steps * config.batch_size)
@@ -811,8 +813,7 @@ def train(pairs: Any, *, out: str | os.PathLike[str] | None = None, config: Trai
                     if trainer.steps % checkpoint_every == 0:
                         save()
                 seconds = time.perf_counter() - t0
-                thr, acc = _evaluate(trainer, vocab, eval_split, data, backend=backend)
-                test_acc = _evaluate(trainer, vocab, test_split, data, thr, backend)[1]
+                thr, acc, test_acc = _evaluate(trainer, vocab, eval_split, test_split, data, backend)
                 epoch_losses = state["losses"][-len(batches) :]
                 rec = {"epoch": e + 1, "loss": float(np.mean(epoch_losses)), "val_accuracy": acc, "threshold": thr,
                        "test_accuracy": test_acc, "seconds": seconds,

@@ -17,22 +17,29 @@
 
 namespace fastsim {
 
+// The dense Adam update of one element (torch.optim.Adam): m, v, then p.
+template <class T>
+struct AdamStep {
+  T b1, b2, a1, a2, ss, e, bc;
+  AdamStep(double step_size, double beta1, double beta2, double eps, double bc2_sqrt)
+      : b1(T(beta1)), b2(T(beta2)), a1(T(1.0 - beta1)), a2(T(1.0 - beta2)), ss(T(step_size)), e(T(eps)),
+        bc(T(bc2_sqrt)) {}
+  void operator()(T& p, T& m, T& v, T g) const {
+    m = b1 * m + a1 * g;
+    v = b2 * v + a2 * (g * g);
+    p -= ss * (m / (std::sqrt(v) / bc + e));
+  }
+};
+
 // Dense Adam on n elements: m, v updated in place, then p.
 template <class T>
 void adam_dense(T* p, T* m, T* v, const T* g, index_t n, double step_size, double beta1, double beta2, double eps,
                 double bc2_sqrt, double weight_decay) {
-  const T b1 = T(beta1), b2 = T(beta2), a1 = T(1.0 - beta1), a2 = T(1.0 - beta2);
-  const T ss = T(step_size), e = T(eps), bc = T(bc2_sqrt), wd = T(weight_decay);
+  const AdamStep<T> step(step_size, beta1, beta2, eps, bc2_sqrt);
+  const T wd = T(weight_decay);
   const int nt = n >= (index_t(1) << 16) ? num_threads() : 1;
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-  for (index_t i = 0; i < n; ++i) {
-    const T gi = weight_decay != 0.0 ? g[i] + wd * p[i] : g[i];
-    const T mi = b1 * m[i] + a1 * gi;
-    const T vi = b2 * v[i] + a2 * (gi * gi);
-    m[i] = mi;
-    v[i] = vi;
-    p[i] -= ss * (mi / (std::sqrt(vi) / bc + e));
-  }
+  for (index_t i = 0; i < n; ++i) step(p[i], m[i], v[i], weight_decay != 0.0 ? g[i] + wd * p[i] : g[i]);
 }
 
 // Adam on a (V, E) matrix whose gradient is given for the ascending rows
@@ -42,10 +49,9 @@ void adam_dense(T* p, T* m, T* v, const T* g, index_t n, double step_size, doubl
 template <class T>
 void adam_rows(T* p, T* m, T* v, index_t V, index_t E, const int64_t* rows, const T* vals, index_t nrows,
                double step_size, double beta1, double beta2, double eps, double bc2_sqrt, bool lazy) {
-  const T b1 = T(beta1), b2 = T(beta2), a1 = T(1.0 - beta1), a2 = T(1.0 - beta2);
-  const T ss = T(step_size), e = T(eps), bc = T(bc2_sqrt);
   const int nt = (lazy ? nrows : V) * E >= (index_t(1) << 16) ? num_threads() : 1;
   if (lazy) {
+    const T a1 = T(1.0 - beta1), a2 = T(1.0 - beta2), ss = T(step_size), e = T(eps);
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
     for (index_t k = 0; k < nrows; ++k) {
       const index_t off = index_t(rows[k]) * E;
@@ -61,6 +67,7 @@ void adam_rows(T* p, T* m, T* v, index_t V, index_t E, const int64_t* rows, cons
     }
     return;
   }
+  const AdamStep<T> step(step_size, beta1, beta2, eps, bc2_sqrt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     int nth = 1, tid = 0;
@@ -74,15 +81,7 @@ void adam_rows(T* p, T* m, T* v, index_t V, index_t E, const int64_t* rows, cons
       const bool has = k < nrows && rows[k] == r;
       const T* g = has ? vals + k * E : nullptr;
       if (has) ++k;
-      for (index_t j = 0; j < E; ++j) {
-        const index_t i = r * E + j;
-        const T gi = has ? g[j] : T(0);
-        const T mi = b1 * m[i] + a1 * gi;
-        const T vi = b2 * v[i] + a2 * (gi * gi);
-        m[i] = mi;
-        v[i] = vi;
-        p[i] -= ss * (mi / (std::sqrt(vi) / bc + e));
-      }
+      for (index_t j = 0; j < E; ++j) step(p[r * E + j], m[r * E + j], v[r * E + j], has ? g[j] : T(0));
     }
   }
 }
