@@ -17,6 +17,7 @@ from ._backend import (
     set_simd_level,
     simd_levels,
 )
+from ._validation import empty_cache
 from .cosine import cosine_similarity, cosine_similarity_matrix, cosine_similarity_rows
 from .pipeline import SiameseEncoder, Vocabulary, accuracy, is_duplicate, similarity
 from .rnn import GRU, LSTM, RNN, gru_forward, lstm_forward, rnn_forward
@@ -34,6 +35,7 @@ __all__ = [
     "cosine_similarity",
     "cosine_similarity_matrix",
     "cosine_similarity_rows",
+    "empty_cache",
     "get_num_threads",
     "info",
     "set_num_threads",

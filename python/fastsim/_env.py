@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import warnings
 
-__all__ = ["DISABLE_NUMBA", "GEMM_BLOCK_BYTES", "NUMBA_NUM_THREADS", "NUM_THREADS", "RNN_PROJECT", "SIMD"]
+__all__ = ["DISABLE_NUMBA", "GEMM_BLOCK_BYTES", "NUMBA_NUM_THREADS", "NUM_THREADS", "RESULT_CACHE_BYTES", "RNN_PROJECT", "SIMD"]
 
 
 def _positive_int(name: str) -> int | None:
@@ -28,6 +28,20 @@ def _positive_int(name: str) -> int | None:
         n = 0
     if n < 1:
         msg = f"{name} must be a positive integer; got {value!r}"
+        raise ValueError(msg)
+    return n
+
+
+def _bytes(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        msg = f"{name} must be a whole number of bytes (0 or more); got {value!r}"
         raise ValueError(msg)
     return n
 
@@ -60,6 +74,10 @@ GEMM_BLOCK_BYTES: int | None = _positive_int("FASTSIM_GEMM_BLOCK_BYTES")
 #: The recurrent layers' step form: "1" projects every step's input with one
 #: GEMM first, "0" multiplies [x_t | h] per step (default: by size).
 RNN_PROJECT: int | None = None if (_p := _choice("FASTSIM_RNN_PROJECT", ("0", "1"))) is None else int(_p)
+
+#: Bytes of dropped results of 4 MiB and more kept for the next result of the
+#: same size (default 512 MiB; 0 keeps none).
+RESULT_CACHE_BYTES: int = _bytes("FASTSIM_RESULT_CACHE_BYTES", 512 << 20)
 
 #: Any value but "" or "0" hides the numba backend, as if Numba were not installed.
 DISABLE_NUMBA: bool = _flag("FASTSIM_DISABLE_NUMBA")

@@ -25,8 +25,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
+import threading
 
 import numpy as np
+
+from . import _env
 
 _FLOAT_KINDS = (np.float32, np.float64)
 _F32 = np.dtype(np.float32)
@@ -295,6 +299,93 @@ def check_lengths(lengths, batch: int, max_len: int, *, name: str = "lengths") -
 SMALL_RESULT_BYTES = 1 << 16  # the same threshold as kSmallResultBytes in cpp/bindings/arrays.hpp
 
 
+def _ref_counts(bufs: list[np.ndarray]) -> list[int]:
+    return [sys.getrefcount(buf) for buf in bufs]
+
+
+# the count of a buffer that only the cache's list refers to, as _ref_counts sees it
+_UNREFERENCED = _ref_counts([np.empty(1, dtype=np.uint8)])[0]
+
+
+class _ResultCache:
+    """Large result buffers kept after their arrays die, for the next result of the same size.
+
+    A fresh result of many MiB costs its first touch: the kernel clears every
+    page as the GEMM first writes it (a 4096 x 4096 float32 cosine matrix
+    took 1.17x the time of the same call into a preallocated ``out=``, 8192 x
+    8192 1.12x).  A caller that asks for results of one size again and again
+    (a loop over batches, chunks of a corpus) gets the pages of a result it
+    has already dropped instead.  The cache holds the raw buffers; a buffer
+    is free when nothing but the cache refers to it (no array, view or
+    exported buffer of it is alive), which CPython's reference count tells.
+    At most ``limit`` bytes are ever held this way (buffers beyond it are
+    plain NumPy arrays, freed with their arrays); :func:`fastsim.empty_cache`
+    releases the free ones.
+    """
+
+    MIN_BYTES = 4 << 20
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._buffers: list[np.ndarray] = []
+        self._held = 0
+
+    def take(self, nbytes: int) -> np.ndarray:
+        with self._lock:
+            bufs = self._buffers
+            counts = _ref_counts(bufs)
+            for i in range(len(bufs) - 1, -1, -1):  # the most recently used first
+                if counts[i] <= _UNREFERENCED and bufs[i].nbytes == nbytes:
+                    buf = bufs.pop(i)
+                    bufs.append(buf)
+                    return buf
+            if self._held + nbytes > self.limit:
+                self._evict(self._held + nbytes - self.limit, counts)
+            raw = np.empty(nbytes, dtype=np.uint8)
+            if self._held + nbytes <= self.limit:
+                bufs.append(raw)
+                self._held += nbytes
+            return raw
+
+    def _evict(self, need: int, counts: list[int]) -> int:
+        freed = 0
+        keep = []
+        for buf, count in zip(self._buffers, counts):  # least recently used first
+            if freed < need and count <= _UNREFERENCED:
+                freed += buf.nbytes
+            else:
+                keep.append(buf)
+        self._buffers[:] = keep
+        self._held -= freed
+        return freed
+
+    def clear(self) -> int:
+        """Drop every free buffer; the bytes released."""
+        with self._lock:
+            return self._evict(self._held + 1, _ref_counts(self._buffers))
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+
+RESULT_CACHE = _ResultCache(_env.RESULT_CACHE_BYTES)
+
+
+def empty_cache() -> int:
+    """Release the buffers of dropped results that fastsim keeps for reuse; returns the bytes released.
+
+    Results of 4 MiB and more are allocated from buffers of results of the
+    same size that the caller has dropped (at most
+    ``FASTSIM_RESULT_CACHE_BYTES``, 512 MiB by default), so that a loop of
+    calls does not pay the first touch of fresh pages on every call.  Those
+    buffers stay in the process's resident set until reused or released here.
+    Results still alive are never touched.
+    """
+    return RESULT_CACHE.clear()
+
+
 def empty_aligned(shape, dtype, align: int = 64, *, small: int = SMALL_RESULT_BYTES) -> np.ndarray:
     """Uninitialized C-contiguous array whose data starts on an ``align``-byte boundary.
 
@@ -306,13 +397,16 @@ def empty_aligned(shape, dtype, align: int = 64, *, small: int = SMALL_RESULT_BY
 
     This is where every result fastsim allocates comes from, the compiled
     core's included (cpp/bindings/arrays.hpp ``new_result`` calls it): NumPy's
-    allocator offers arrays of 4 MiB and more to transparent huge pages, so a
-    fresh result costs about what writing into a preallocated one does.
+    allocator offers arrays of 4 MiB and more to transparent huge pages, and
+    results of 4 MiB and more reuse the buffers of dropped results of the
+    same size (:class:`_ResultCache`), so a fresh result costs about what
+    writing into a preallocated one does.
     """
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < small:
         return np.empty(shape, dtype)
-    raw = np.empty(nbytes + align, dtype=np.uint8)
+    size = nbytes + align
+    raw = RESULT_CACHE.take(size) if size >= _ResultCache.MIN_BYTES else np.empty(size, dtype=np.uint8)
     offset = (-raw.ctypes.data) % align
     return raw[offset : offset + nbytes].view(dtype).reshape(shape)
