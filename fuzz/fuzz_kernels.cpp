@@ -361,6 +361,78 @@ void fuzz_gemm(Bytes& in, const Op& op) {
   }
 }
 
+// ----------------------------------------------------------------- gemm_tn
+
+// C = A^T B with A (k x m), B (k x n), the column sums of A and rows of B
+// flagged as zeros: against a long double reference with the bound of each
+// entry, and bit for bit between one thread and several (threads own fixed
+// row panels of C).
+template <class T>
+void fuzz_gemm_tn(Bytes& in, const Op& op) {
+  index_t m = in.dim(0, 20, 600), n = in.dim(0, 20, 300), k = in.dim(0, 40, 3000);
+  fit_budget({&m, &n, &k}, 3e6);
+  std::vector<T> a(k * m), b(k * n);
+  fill(in, a, k, m);
+  fill(in, b, k, n);
+  const bool with_zero = in.flag(), with_sums = in.flag();
+  std::vector<uint8_t> zero_k(static_cast<size_t>(std::max<index_t>(k, 1)), 0);
+  if (with_zero) {
+    Rng rng{in.u64()};
+    for (index_t kk = 0; kk < k; ++kk) zero_k[kk] = rng.next() % 3 == 0;
+  }
+  std::vector<LD> ref(m * n, 0), bound(m * n, 0), sum_ref(m, 0);
+  for (index_t kk = 0; kk < k; ++kk) {
+    for (index_t i = 0; i < m; ++i) sum_ref[i] += LD(a[kk * m + i]);
+    for (index_t i = 0; i < m; ++i)
+      for (index_t j = 0; j < n; ++j) {
+        const LD p = LD(a[kk * m + i]) * (zero_k[kk] ? LD(0) : LD(b[kk * n + j]));
+        ref[i * n + j] += p;
+        bound[i * n + j] += std::fabs(p);
+      }
+  }
+  // a flagged row of B is a row of zeros, whatever it holds (NaN and inf included)
+  const LD representable = LD(std::numeric_limits<T>::max()) / 4;
+  const LD tiny = LD(std::numeric_limits<T>::denorm_min());
+  auto check = [&](const char* what, index_t i, LD want, LD abs_bound, LD got, index_t terms) {
+    if (std::isnan(want)) {
+      if (!std::isnan(got)) fail("%s[%td] = %Lg, expected NaN", what, i, got);
+    } else if (std::isinf(want)) {
+      if (!(got == want || std::isnan(got))) fail("%s[%td] = %Lg, expected %Lg or NaN", what, i, got, want);
+    } else if (abs_bound <= representable) {
+      const LD tol = (2 * LD(terms) + 8) * eps<T>() * abs_bound + 4 * (LD(terms) + 1) * tiny;
+      if (!(std::fabs(got - want) <= tol))
+        fail("%s[%td] (m=%td n=%td k=%td) = %.17Lg, reference %.17Lg, tol %.3Lg", what, i, m, n, k, got, want, tol);
+    }
+  };
+  auto run = [&](int threads, std::vector<T>& sums) {
+    fastsim::set_num_threads(threads);
+    std::vector<T> c(m * n, T(-7));
+    sums.assign(static_cast<size_t>(m), T(-7));
+    guarded([&] {
+      fastsim::typed_kernels<T>().gemm_tn(a.data(), b.data(), m, n, k, c.data(), with_sums ? sums.data() : nullptr,
+                                          with_zero ? zero_k.data() : nullptr);
+    });
+    return c;
+  };
+  for (size_t l = 0; l < op.levels.size(); ++l) {
+    set_level(op.levels[l], "gemm_tn", tname<T>(), op.threads);
+    std::vector<T> sums;
+    const std::vector<T> c = run(op.threads, sums);
+    for (index_t i = 0; i < m * n; ++i) check("C", i, ref[i], bound[i], c[i], k);
+    if (with_sums)
+      for (index_t i = 0; i < m; ++i) {
+        LD bs = 0;
+        for (index_t kk = 0; kk < k; ++kk) bs += std::fabs(LD(a[kk * m + i]));
+        check("col_sums", i, sum_ref[i], bs, sums[i], k);
+      }
+    else
+      for (index_t i = 0; i < m; ++i)
+        if (!same(sums[i], T(-7))) fail("col_sums[%td] was written although not asked for", i);
+    std::vector<T> sums1;
+    if (l == 0 && op.threads > 1 && !same_bits(c, run(1, sums1))) fail("one thread and %d threads differ", op.threads);
+  }
+}
+
 // ----------------------------------------------------------------- cosine
 
 template <class T>
@@ -964,6 +1036,7 @@ void dispatch(int which, Bytes& in, const Op& op) {
     case 3: return fuzz_triplet<T>(in, op);
     case 4: return fuzz_topk<T>(in, op);
     case 5: return fuzz_rnn<T>(in, op);
+    case 6: return fuzz_gemm_tn<T>(in, op);
     default: return fuzz_vecmath<T>(in, op);
   }
 }
@@ -976,7 +1049,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Op op;
   op.levels = levels();
   op.threads = 1 + (head >> 4) % 4;
-  const int which = head % 7;
+  const int which = head % 8;
   if ((head >> 3) & 1)
     dispatch<double>(which, in, op);
   else

@@ -21,6 +21,11 @@ void gemm_nt_plain(const T* a, const T* b, index_t m, index_t n, index_t k, T* c
   gemm_nt<T>(a, k, b, k, m, n, k, ep);
 }
 
+template <class T>
+void gemm_tn_plain(const T* a, const T* b, index_t m, index_t n, index_t k, T* c, T* col_sums, const uint8_t* zero_k) {
+  gemm_tn<T>(a, m, b, n, m, n, k, c, n, col_sums, zero_k);
+}
+
 // Enough independent accumulator chains to keep both FMA pipes busy through
 // their latency (2 pipes x 4-5 cycles), but few enough to stay in registers
 // beside the two operands: with 16 ymm registers (AVX2, SSE) 16 chains spill
@@ -191,7 +196,7 @@ constexpr TypedKernels<T> typed() {
   return TypedKernels<T>{&cosine_matrix<T>, &cosine_rows<T>, &gemm_nt_plain<T>, &triplet_forward_entry<T>,
                          &hard_negatives_entry<T>, &triplet_backward<T>, &top_k<T>, &vec_math<T>, &rnn_create<T>, &rnn_destroy<T>, &rnn_run<T>,
                          &rnn_project<T>, &rnn_cols<T>, &rnn_run_ids<T>, &triplet_cost_entry<T>,
-                         &train::forward<T>, &train::backward<T>, &range_search_entry<T>, &top_k_self<T>};
+                         &train::forward<T>, &train::backward<T>, &range_search_entry<T>, &top_k_self<T>, &gemm_tn_plain<T>};
 }
 
 }  // namespace

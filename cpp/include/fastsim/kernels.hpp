@@ -69,6 +69,9 @@ struct TypedKernels {
                                  index_t row_offset, index_t col_offset, index_t max_per_row, index_t max_hits);
   // top_k of a set against itself (topk_self.hpp): each pair multiplied once; the result of top_k(x, x).
   void (*top_k_self)(const T* x, index_t m, index_t d, index_t k, bool exclude_self, T* scores, int64_t* indices);
+  // C (m x n) = A^T B through the engine's second driver (gemm.hpp gemm_tn), A (k x m) and B (k x n) row-major;
+  // col_sums (m, optional) the column sums of A; rows of B flagged in zero_k (k, optional) count as zeros.
+  void (*gemm_tn)(const T* a, const T* b, index_t m, index_t n, index_t k, T* c, T* col_sums, const uint8_t* zero_k);
 };
 
 struct KernelTable {

@@ -25,10 +25,11 @@
 // dA_h rows, so the gates need no pass of their own.  Afterwards the input
 // and weight gradients are large GEMMs over all steps at once:
 //   dX = dA_x W_ih,  dW_ih = dA_x^T X,  dW_hh = dA_h^T H_prev
-// (the latter two over k = T * B, taken in k-chunks that accumulate).
+// (the latter two by gemm_tn over k = T * B, reading the time-major arrays
+// in place; the bias gradients are the column sums of dA, taken meanwhile).
 // Packed-sequence semantics: a row inactive at step t (t >= lengths[b])
 // passes its state gradient through and its dA rows are 0; its (padding)
-// inputs are zeroed before they reach dW_ih.
+// inputs count as zeros in dW_ih.
 #pragma once
 
 #include <algorithm>
@@ -59,7 +60,7 @@ inline void for_lanes(index_t n, F&& f) {
 // gradient buffers are tens of MiB at the course's sizes, and fresh pages
 // cost their first touch (the kernel clearing pages took 12% of a
 // (512, 32, 128, 128) LSTM backward).
-enum KeptBuffer { kKeptXW = 0, kKeptRec, kKeptDAx, kKeptDAh, kKeptDirect, kKeptDAt, kKeptInT, kKeptBuffers };
+enum KeptBuffer { kKeptXW = 0, kKeptRec, kKeptDAx, kKeptDAh, kKeptDirect, kKeptBuffers };
 
 template <class T>
 inline T* kept(int slot, index_t n) {
@@ -77,18 +78,6 @@ inline V ld(const T* p) {
 template <class V>
 inline V relu_keep_nan(V a) {
   return ((a > 0) | (a != a)) ? a : V{};
-}
-
-template <class T>
-inline int pass_threads(index_t elems) {
-  int nt = 1;
-#ifdef _OPENMP
-  nt = num_threads();
-  if (elems < (index_t(1) << 15)) nt = 1;
-#else
-  (void)elems;
-#endif
-  return nt;
 }
 
 // Threads over slices of the batch, each running the whole time loop on its
@@ -129,50 +118,29 @@ template <class T>
 struct Dims {
   Cell cell;
   index_t Tn, B, D, H, G, GH, A;
+  // Row stride of the backward's dA buffers: GH, plus one cache line when
+  // rows would lie a multiple of 2 KiB apart (GH = 1024 float), whose loads
+  // then share L1 sets and alias the epilogue's stores 4 KiB away.
+  index_t LA;
   Dims(int c, index_t T_len, index_t B_, index_t D_, index_t H_) : cell(static_cast<Cell>(c)), Tn(T_len), B(B_), D(D_), H(H_) {
     G = gate_count(cell);
     GH = G * H;
     A = (cell == Cell::LSTM || cell == Cell::GRU) ? 4 * H : H;
+    const index_t bytes = GH * static_cast<index_t>(sizeof(T));
+    LA = GH + ((bytes % 2048 == 0) ? 64 / static_cast<index_t>(sizeof(T)) : 0);
   }
 };
 
-// out = A^T for A (rows x cols) row-major; rows flagged by `zero_row` become zeros.
+// out = A^T for A (rows x cols) row-major (the weight matrices' small transposes)
 template <class T>
-void transpose(const T* a, index_t rows, index_t cols, T* out, const uint8_t* zero_row = nullptr) {
+void transpose(const T* a, index_t rows, index_t cols, T* out) {
   constexpr index_t blk = 32;
-  const int nt = pass_threads<T>(rows * cols);
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-  for (index_t c0 = 0; c0 < cols; c0 += blk) {
+  for (index_t c0 = 0; c0 < cols; c0 += blk)
     for (index_t r0 = 0; r0 < rows; r0 += blk) {
       const index_t r1 = std::min(rows, r0 + blk), c1 = std::min(cols, c0 + blk);
       for (index_t c = c0; c < c1; ++c)
-        for (index_t r = r0; r < r1; ++r) out[c * rows + r] = (zero_row && zero_row[r]) ? T(0) : a[r * cols + c];
+        for (index_t r = r0; r < r1; ++r) out[c * rows + r] = a[r * cols + c];
     }
-  }
-}
-
-template <class T>
-struct AccumulateEpilogue {
-  T* c;
-  index_t ldc;
-  template <int MR, int NV, class V>
-  inline void operator()(index_t i0, index_t j0, int mr, int nr, V (&acc)[MR][NV], int) {
-    constexpr int L = static_cast<int>(sizeof(V) / sizeof(T));
-    alignas(64) T t[MR * NV * L];
-    tile_to_array<MR, NV>(acc, t);
-    for (int r = 0; r < mr; ++r)
-      for (int j = 0; j < nr; ++j) c[(i0 + r) * ldc + j0 + j] += t[r * NV * L + j];
-  }
-};
-
-// C (m x n) = A B^T with A (m x k) and B (n x k) both of row stride k, over
-// k-chunks so that an A micro-panel stays in L1 even for k = T * B.
-template <class T>
-void gemm_nt_chunked(const T* a, const T* b, index_t m, index_t n, index_t k, T* c, GemmOptions opt) {
-  std::fill(c, c + m * n, T(0));
-  constexpr index_t kc = 512;
-  AccumulateEpilogue<T> ep{c, n};
-  for (index_t k0 = 0; k0 < k; k0 += kc) gemm_nt<T>(a + k0, k, b + k0, k, m, n, std::min(kc, k - k0), ep, opt);
 }
 
 // ---------------------------------------------------------------- forward
@@ -296,12 +264,12 @@ struct GateBackward {
   T* da_h;
 
   inline void operator()(index_t t, index_t b, index_t j0, index_t n) const {
-    const index_t H = d.H, GH = d.GH;
+    const index_t H = d.H;
     const index_t row = t * d.B + b;
     const T* ar = act + row * d.A;
     const T* dhb = dh + b * H;
     const T* go = d_out + row * H;
-    T* dx = da_x + row * GH;
+    T* dx = da_x + row * d.LA;
     if (d.cell == Cell::LSTM) {
       const T* tc = tanh_c + row * H;
       const T* cp = c_prev + row * H;
@@ -322,7 +290,7 @@ struct GateBackward {
       });
     } else if (d.cell == Cell::GRU) {
       const T* hp = h_prev + row * H;
-      T* dhr = da_h + row * GH;
+      T* dhr = da_h + row * d.LA;
       T* dir = direct + b * H;
       for_lanes<T>(n, [&](index_t jj, auto tag) {
         using V = decltype(tag);
@@ -357,8 +325,8 @@ struct GateBackward {
   // an inactive row: no gradient through this step
   inline void zero(index_t t, index_t b) const {
     const index_t row = t * d.B + b;
-    std::fill(da_x + row * d.GH, da_x + (row + 1) * d.GH, T(0));
-    if (da_h != da_x) std::fill(da_h + row * d.GH, da_h + (row + 1) * d.GH, T(0));
+    std::fill(da_x + row * d.LA, da_x + row * d.LA + d.GH, T(0));
+    if (da_h != da_x) std::fill(da_h + row * d.LA, da_h + row * d.LA + d.GH, T(0));
   }
 };
 
@@ -401,7 +369,7 @@ void backward(int cell_id, const T* x, index_t T_len, index_t B, index_t D, inde
               const int64_t* lengths, bool reverse, const T* act, const T* h_prev, const T* c_prev,
               const T* tanh_c, const T* d_out, T* dh, T* dc, T* dx, T* dW_ih, T* dW_hh, T* db_ih, T* db_hh) {
   const Dims<T> d(cell_id, T_len, B, D, H);
-  const index_t GH = d.GH, N = T_len * B;
+  const index_t GH = d.GH, LA = d.LA, N = T_len * B;
   std::fill(dW_ih, dW_ih + GH * D, T(0));
   std::fill(dW_hh, dW_hh + GH * H, T(0));
   std::fill(db_ih, db_ih + GH, T(0));
@@ -409,8 +377,8 @@ void backward(int cell_id, const T* x, index_t T_len, index_t B, index_t D, inde
   if (T_len <= 0 || B <= 0) return;
   if (dx) std::fill(dx, dx + N * D, T(0));
   const bool split_h = d.cell == Cell::GRU;  // d a_x and d a_h differ only for the GRU
-  T* da_x = kept<T>(kKeptDAx, N * GH);
-  T* da_h = split_h ? kept<T>(kKeptDAh, N * GH) : da_x;
+  T* da_x = kept<T>(kKeptDAx, N * LA);
+  T* da_h = split_h ? kept<T>(kKeptDAh, N * LA) : da_x;
   T* direct = split_h ? kept<T>(kKeptDirect, B * H) : nullptr;
   if (direct) std::fill(direct, direct + B * H, T(0));
   GateBackward<T> gates{d, act, h_prev, c_prev, tanh_c, d_out, dh, dc, direct, da_x, da_h};
@@ -440,7 +408,7 @@ void backward(int cell_id, const T* x, index_t T_len, index_t B, index_t D, inde
         for (index_t b = b0; b < b1; ++b)
           if (next >= lengths[b]) gates.zero(next, b);
       StepEpilogue<T> ep{&gates, dh, direct, lengths, t, next, H, b0};
-      gemm_nt<T>(da_h + (t * B + b0) * GH, GH, nullptr, 0, b1 - b0, H, GH, ep, one, &whh);
+      gemm_nt<T>(da_h + (t * B + b0) * LA, LA, nullptr, 0, b1 - b0, H, GH, ep, one, &whh);
     }
   });
   // Input and weight gradients over all steps at once.  Small ones on the
@@ -454,37 +422,23 @@ void backward(int cell_id, const T* x, index_t T_len, index_t B, index_t D, inde
   if (dx && D > 0) {
     transpose(W_ih, GH, D, w_ih_t.data());
     StoreEpilogue<T> st{dx, D, T(1)};
-    gemm_nt<T>(da_x, GH, w_ih_t.data(), GH, N, D, GH, st, opt);
+    gemm_nt<T>(da_x, LA, w_ih_t.data(), GH, N, D, GH, st, opt);
   }
   std::vector<uint8_t> inactive(static_cast<std::size_t>(N));
   for (index_t t = 0; t < T_len; ++t)
     for (index_t b = 0; b < B; ++b) inactive[t * B + b] = t >= lengths[b];
-  T* da_t = kept<T>(kKeptDAt, GH * N);
-  T* in_t = kept<T>(kKeptInT, std::max(D, H) * N);
-  transpose(da_x, N, GH, da_t);
-  for (index_t g = 0; g < GH; ++g) {
-    T sum = 0;
-    const T* row = da_t + g * N;
-    for (index_t r = 0; r < N; ++r) sum += row[r];
-    db_ih[g] = sum;
+  // dW_ih = dA_x^T X (padding inputs take no part), db_ih its column sums;
+  // dW_hh = dA_h^T H_prev, db_hh those of dA_h (the same as db_ih but for the GRU)
+  const TnPart<T> w_ih{x, D, D, dW_ih, D, inactive.data()};
+  const TnPart<T> w_hh{h_prev, H, H, dW_hh, H, nullptr};
+  if (split_h) {  // GRU: two products of two dA
+    gemm_tn_parts<T>(da_x, LA, GH, N, &w_ih, 1, db_ih, opt);
+    gemm_tn_parts<T>(da_h, LA, GH, N, &w_hh, 1, db_hh, opt);
+  } else {  // one pass over dA: [X | H_prev]
+    const TnPart<T> both[2] = {w_ih, w_hh};
+    gemm_tn_parts<T>(da_x, LA, GH, N, both, 2, db_ih, opt);
   }
-  if (D > 0) {
-    transpose(x, N, D, in_t, inactive.data());  // padding inputs take no part
-    gemm_nt_chunked<T>(da_t, in_t, GH, D, N, dW_ih, opt);
-  }
-  if (split_h) {
-    transpose(da_h, N, GH, da_t);
-    for (index_t g = 0; g < GH; ++g) {
-      T sum = 0;
-      const T* row = da_t + g * N;
-      for (index_t r = 0; r < N; ++r) sum += row[r];
-      db_hh[g] = sum;
-    }
-  } else {
-    std::copy(db_ih, db_ih + GH, db_hh);
-  }
-  transpose(h_prev, N, H, in_t);
-  gemm_nt_chunked<T>(da_t, in_t, GH, H, N, dW_hh, opt);
+  if (!split_h) std::copy(db_ih, db_ih + GH, db_hh);
 }
 
 }  // namespace train
