@@ -20,6 +20,11 @@ ones.  Two tasks, each library in its default allocating form:
   row itself comes back first); NumPy: row blocks times ``x.T``, the
   diagonal masked, ``np.argpartition`` then a sort of the 10.
 
+Sizes: 50 000 rows by default; ``--full`` runs 200 000 rows with every peer
+and then 1 000 000 rows with fastsim alone (about an hour on two cores; the
+peers would take over an hour per task there); ``--rows`` runs every peer at
+the sizes given.
+
 Timing: ``rounds`` interleaved rounds (every runner once per round, a pause
 between turns so the previous pool's threads are idle), medians, ratios in
 one process.  Peak memory: the resident set sampled every 2 ms during each
@@ -192,21 +197,30 @@ def _faiss_available() -> bool:
     return True
 
 
-def _tasks():
-    tasks = {"self-join@0.9": {"fastsim": fastsim_self_join, "numpy": numpy_self_join},
-             "top-10": {"fastsim": fastsim_top_k, "numpy": numpy_top_k}}
-    if _faiss_available():
+# Peers run up to this many rows in --full: at 1 000 000 rows each FAISS and
+# NumPy task takes over an hour on two cores (both compute the whole n x n
+# product; the time grows as n^2 from the 200 000-row figures).
+PEER_ROWS_FULL = 200_000
+
+
+def _tasks(peers: bool = True):
+    tasks = {"self-join@0.9": {"fastsim": fastsim_self_join}, "top-10": {"fastsim": fastsim_top_k}}
+    if peers:
+        tasks["self-join@0.9"]["numpy"] = numpy_self_join
+        tasks["top-10"]["numpy"] = numpy_top_k
+    if peers and _faiss_available():
         tasks["self-join@0.9"]["faiss"] = faiss_self_join
         tasks["top-10"]["faiss"] = faiss_top_k
     return tasks
 
 
-def bench_rows(n: int, rounds: int, out, settle: float = 0.5) -> list[dict]:
+def bench_rows(n: int, rounds: int, out, settle: float = 0.5, peers: bool = True) -> list[dict]:
     x, dups = planted_corpus(n)
     print(f"\n{n} x {DIM} float32 unit vectors, {dups} planted duplicates; "
-          f"corpus {x.nbytes / 2**20:.0f} MiB; {rounds} interleaved rounds", file=out, flush=True)
+          f"corpus {x.nbytes / 2**20:.0f} MiB; {rounds} interleaved rounds"
+          + ("" if peers else f"; fastsim only (peers up to {PEER_ROWS_FULL} rows)"), file=out, flush=True)
     rows = []
-    for task, runners in _tasks().items():
+    for task, runners in _tasks(peers).items():
         small = x[:2000]
         for fn in runners.values():  # warm-up: thread pools, JIT, page faults of the code
             fn(small)
@@ -253,11 +267,13 @@ def bench_rows(n: int, rounds: int, out, settle: float = 0.5) -> list[dict]:
 
 def run(args, out) -> list[dict]:
     sizes = args.rows or ([200_000, 1_000_000] if args.full else [50_000])
+    # explicit --rows runs every peer at every size; --full keeps them to PEER_ROWS_FULL rows
+    peer_limit = PEER_ROWS_FULL if (args.full and not args.rows) else None
     print(f"mining: fastsim {fastsim.__version__} simd={fastsim.info().get('simd_level')} "
           f"threads={fastsim.get_num_threads()} faiss={'yes' if _faiss_available() else 'not installed'}", file=out)
     rows = []
     for n in sizes:
-        rows.extend(bench_rows(n, args.rounds, out))
+        rows.extend(bench_rows(n, args.rounds, out, peers=peer_limit is None or n <= peer_limit))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"meta": dict(info=fastsim.info()), "results": rows}, fh, indent=1, default=float)
