@@ -76,8 +76,8 @@ GEMM_BLOCK_BYTES: int | None = _positive_int("FASTSIM_GEMM_BLOCK_BYTES")
 RNN_PROJECT: int | None = None if (_p := _choice("FASTSIM_RNN_PROJECT", ("0", "1"))) is None else int(_p)
 
 #: Bytes of dropped results of 4 MiB and more kept for the next result of the
-#: same size (default 512 MiB; 0 keeps none).
-RESULT_CACHE_BYTES: int = _bytes("FASTSIM_RESULT_CACHE_BYTES", 512 << 20)
+#: same size (default 1 GiB; 0 keeps none).
+RESULT_CACHE_BYTES: int = _bytes("FASTSIM_RESULT_CACHE_BYTES", 1 << 30)
 
 #: Any value but "" or "0" hides the numba backend, as if Numba were not installed.
 DISABLE_NUMBA: bool = _flag("FASTSIM_DISABLE_NUMBA")

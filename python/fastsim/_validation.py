@@ -378,7 +378,7 @@ def empty_cache() -> int:
 
     Results of 4 MiB and more are allocated from buffers of results of the
     same size that the caller has dropped (at most
-    ``FASTSIM_RESULT_CACHE_BYTES``, 512 MiB by default), so that a loop of
+    ``FASTSIM_RESULT_CACHE_BYTES``, 1 GiB by default), so that a loop of
     calls does not pay the first touch of fresh pages on every call.  Those
     buffers stay in the process's resident set until reused or released here.
     Results still alive are never touched.
