@@ -401,6 +401,22 @@ class DenormalGuard {
   bool active_ = false;
 };
 
+// Runs body(tid, nthr) on nt threads (an OpenMP team when nt > 1), or once on
+// the calling thread.
+template <class F>
+inline void run_threads(int nt, F&& body) {
+#ifdef _OPENMP
+  if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+    body(omp_get_thread_num(), omp_get_num_threads());
+    return;
+  }
+#else
+  (void)nt;
+#endif
+  body(0, 1);
+}
+
 template <class T>
 inline int choose_threads(index_t m, index_t n, index_t k, int requested) {
   int nt = requested > 0 ? requested : num_threads();
@@ -550,14 +566,7 @@ void gemm_nt(const T* a, index_t lda, const T* b, index_t ldb, index_t m, index_
     }
   };
   if (in_team) return body(opt.team_rank, opt.team_size);
-#ifdef _OPENMP
-  if (nt > 1) {
-#pragma omp parallel num_threads(nt)
-    body(omp_get_thread_num(), omp_get_num_threads());
-    return;
-  }
-#endif
-  body(0, 1);
+  run_threads(nt, body);
 }
 
 // Copy a register tile to a plain MR x NR array (for edge tiles handled by scalar code).
@@ -770,14 +779,7 @@ void gemm_tn_parts(const T* a, index_t lda, index_t m, index_t k, const TnPart<T
       for (index_t i = p_begin * MR; i < std::min(m, p_end * MR); ++i)
         col_sums[i] = static_cast<T>(row_sums[static_cast<std::size_t>(i - p_begin * MR)]);
   };
-#ifdef _OPENMP
-  if (nt > 1) {
-#pragma omp parallel num_threads(nt)
-    body(omp_get_thread_num(), omp_get_num_threads());
-    return;
-  }
-#endif
-  body(0, 1);
+  run_threads(nt, body);
 }
 
 // C (m x n, row stride ldc) = A^T B with one B (see gemm_tn_parts).

@@ -104,14 +104,7 @@ inline void over_slices(index_t B, F&& f) {
     const index_t b0 = (B * tid / nthr) / 8 * 8, b1 = tid + 1 == nthr ? B : (B * (tid + 1) / nthr) / 8 * 8;
     if (b1 > b0) f(b0, b1);
   };
-#ifdef _OPENMP
-  if (nt > 1) {
-#pragma omp parallel num_threads(nt)
-    run(omp_get_thread_num(), omp_get_num_threads());
-    return;
-  }
-#endif
-  run(0, 1);
+  run_threads(nt, run);
 }
 
 template <class T>
