@@ -18,32 +18,28 @@ import warnings
 __all__ = ["DISABLE_NUMBA", "GEMM_BLOCK_BYTES", "NUMBA_NUM_THREADS", "NUM_THREADS", "RESULT_CACHE_BYTES", "RNN_PROJECT", "SIMD"]
 
 
-def _positive_int(name: str) -> int | None:
+def _int(name: str, minimum: int, what: str) -> int | None:
+    """The variable as an int of at least ``minimum``; None when unset or empty."""
     value = os.environ.get(name, "").strip()
     if not value:
         return None
     try:
         n = int(value)
     except ValueError:
-        n = 0
-    if n < 1:
-        msg = f"{name} must be a positive integer; got {value!r}"
+        n = minimum - 1
+    if n < minimum:
+        msg = f"{name} must be {what}; got {value!r}"
         raise ValueError(msg)
     return n
+
+
+def _positive_int(name: str) -> int | None:
+    return _int(name, 1, "a positive integer")
 
 
 def _bytes(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        n = int(value)
-    except ValueError:
-        n = -1
-    if n < 0:
-        msg = f"{name} must be a whole number of bytes (0 or more); got {value!r}"
-        raise ValueError(msg)
-    return n
+    n = _int(name, 0, "a whole number of bytes (0 or more)")
+    return default if n is None else n
 
 
 def _flag(name: str) -> bool:
