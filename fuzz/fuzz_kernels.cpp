@@ -735,10 +735,10 @@ bool ranks_before(T sa, int64_t ia, T sb, int64_t ib) {
 template <class T>
 void fuzz_topk(Bytes& in, const Op& op) {
   const bool exclude_self = in.flag();
-  const bool alias = exclude_self && in.flag();  // queries and corpus the same array, as x, x from Python
-  index_t m = in.dim(0, 20, 400), n = exclude_self ? m : in.dim(0, 40, 3000), d = in.dim(0, 40, 600);
+  const bool alias = in.flag();  // queries and corpus the same array, as x, x from Python
+  index_t m = in.dim(0, 20, 400), n = (exclude_self || alias) ? m : in.dim(0, 40, 3000), d = in.dim(0, 40, 600);
   fit_budget({&m, &n, &d}, 2e6);
-  if (exclude_self) n = m;
+  if (exclude_self || alias) n = m;
   const index_t candidates = std::max<index_t>(0, n - (exclude_self ? 1 : 0));
   const index_t k = 1 + in.u16() % (candidates + 2);  // up to two past the candidates: NaN / -1 filler
   std::vector<T> q(m * d), c(alias ? 0 : n * d);
@@ -746,8 +746,8 @@ void fuzz_topk(Bytes& in, const Op& op) {
   if (!alias) fill(in, c, n, d);
   const std::vector<T>& cc = alias ? q : c;
   struct Result {
-    std::vector<T> S, scores;
-    std::vector<int64_t> idx;
+    std::vector<T> S, scores, self_scores;
+    std::vector<int64_t> idx, self_idx;
   };
   auto run = [&](int threads) {
     fastsim::set_num_threads(threads);
@@ -758,6 +758,11 @@ void fuzz_topk(Bytes& in, const Op& op) {
     r.idx.assign(m * k, -7);
     guarded([&] { K.cosine_matrix(q.data(), m, cc.data(), n, d, r.S.data(), false); });
     guarded([&] { K.top_k(q.data(), m, cc.data(), n, d, k, exclude_self, r.scores.data(), r.idx.data()); });
+    if (alias) {  // the self form, which must give top_k(x, x)
+      r.self_scores.assign(m * k, T(-7));
+      r.self_idx.assign(m * k, -7);
+      guarded([&] { K.top_k_self(q.data(), m, d, k, exclude_self, r.self_scores.data(), r.self_idx.data()); });
+    }
     return r;
   };
   std::vector<int64_t> order;
@@ -783,9 +788,106 @@ void fuzz_topk(Bytes& in, const Op& op) {
                double(got_s), (long long)got_i, double(want_s), (long long)want_i, m, n, d, k);
       }
     }
+    // the self form multiplies each pair once: the same indices and the same values (the bits of a NaN or the
+    // sign of a zero may differ)
+    if (alias) {
+      index_t p = 0;
+      while (p < m * k && same(r.scores[p], r.self_scores[p]) && r.idx[p] == r.self_idx[p]) ++p;
+      if (p < m * k)
+        fail("top_k_self differs from top_k(x, x) at query %td rank %td: (%.9g, %lld) against (%.9g, %lld) "
+           "(m=%td d=%td k=%td exclude_self=%d)", p / k, p % k, double(r.self_scores[p]), (long long)r.self_idx[p],
+           double(r.scores[p]), (long long)r.idx[p], m, d, k, int(exclude_self));
+    }
     if (l == 0 && op.threads > 1) {
       const Result r1t = run(1);
-      if (!same_bits(r.scores, r1t.scores) || !same_bits(r.idx, r1t.idx))
+      if (!same_bits(r.scores, r1t.scores) || !same_bits(r.idx, r1t.idx) || !same_bits(r.self_scores, r1t.self_scores) ||
+          !same_bits(r.self_idx, r1t.self_idx))
+        fail("one thread and %d threads differ", op.threads);
+    }
+  }
+}
+
+// ----------------------------------------------------------------- range search
+
+// Every pair with cosine >= threshold, against the checked cosine matrix: a
+// pair whose matrix score lies more than the rounding band from the threshold
+// is in the result exactly when it qualifies; every returned score is within
+// the band of the matrix's and passes the threshold; rows come best first;
+// max_per_row keeps the best; one thread and several agree bit for bit.
+template <class T>
+void fuzz_range(Bytes& in, const Op& op) {
+  const bool self = in.flag();
+  const int mode = self ? int(in.u8() % 3) : 0;  // 0 all, 1 without (i, i), 2 only j > i
+  index_t m = in.dim(0, 20, 400), n = self ? m : in.dim(0, 40, 2000), d = in.dim(0, 40, 600);
+  fit_budget({&m, &n, &d}, 2e6);
+  if (self) n = m;
+  std::vector<T> q(m * d), c(self ? 0 : n * d);
+  fill(in, q, m, d);
+  if (!self) fill(in, c, n, d);
+  const std::vector<T>& cc = self ? q : c;
+  const index_t max_per_row = (in.u8() % 3 == 0) ? 1 + in.u8() % 5 : 0;
+  const uint8_t tcode = in.u8();
+  std::vector<T> S(m * n, T(-7));
+  guarded([&] { fastsim::typed_kernels<T>().cosine_matrix(q.data(), m, cc.data(), n, d, S.data(), false); });
+  static const double fixed[] = {0.9, 0.5, 0.0, -1.0, 1.0, 0.999, -0.5, 0.1};
+  T threshold = T(fixed[tcode % 8]);
+  if ((tcode & 8) && m * n > 0) {  // a score of the matrix itself: ties at the threshold
+    const T v = S[in.u24() % (m * n)];
+    if (!std::isnan(v)) threshold = v;
+  }
+  const LD band = 2 * (2 * LD(d) + 16) * eps<T>();
+  auto run = [&](int threads) {
+    fastsim::set_num_threads(threads);
+    fastsim::RangeResult<T> r;
+    guarded([&] {
+      r = fastsim::typed_kernels<T>().range_search(q.data(), m, cc.data(), n, d, threshold, mode, 0, 0, max_per_row,
+                                                   std::numeric_limits<index_t>::max());
+    });
+    return r;
+  };
+  auto wanted = [&](index_t i, index_t j) { return !(mode == 1 && i == j) && !(mode == 2 && j <= i); };
+  for (size_t l = 0; l < op.levels.size(); ++l) {
+    set_level(op.levels[l], "range_search", tname<T>(), op.threads);
+    const fastsim::RangeResult<T> r = run(op.threads);
+    check_cos_matrix(S, q, m, cc, n, d);
+    if (!r.complete) fail("the result is partial without a max_hits");
+    if (static_cast<index_t>(r.indptr.size()) != m + 1 || r.indptr[0] != 0)
+      fail("indptr has %zu entries, expected %td", r.indptr.size(), m + 1);
+    std::vector<uint8_t> got(static_cast<size_t>(n));
+    for (index_t i = 0; i < m; ++i) {
+      const int64_t b = r.indptr[i], e = r.indptr[i + 1];
+      if (e < b) fail("indptr decreases at row %td", i);
+      std::fill(got.begin(), got.end(), 0);
+      T worst = std::numeric_limits<T>::infinity();
+      for (int64_t p = b; p < e; ++p) {
+        const int64_t j = r.indices[p];
+        const T sc = r.scores[p];
+        if (j < 0 || j >= n) fail("row %td: index %lld out of range", i, (long long)j);
+        if (!wanted(i, j)) fail("row %td: pair (%td, %lld) is excluded by mode %d", i, i, (long long)j, mode);
+        if (got[j]) fail("row %td: index %lld twice", i, (long long)j);
+        got[j] = 1;
+        if (std::isnan(sc) || !(sc >= threshold)) fail("row %td: score %.9g below the threshold %.9g", i, double(sc), double(threshold));
+        const T sm = S[i * n + j];
+        if (std::isnan(sm) || !(std::fabs(LD(sc) - LD(sm)) <= band))
+          fail("row %td col %lld: score %.17g, the matrix says %.17g", i, (long long)j, double(sc), double(sm));
+        if (p > b && !ranks_before(r.scores[p - 1], r.indices[p - 1], sc, j))
+          fail("row %td: not best first at position %lld", i, (long long)(p - b));
+        worst = sc;
+      }
+      const index_t count = static_cast<index_t>(e - b);
+      if (max_per_row > 0 && count > max_per_row) fail("row %td: %td pairs, max_per_row %td", i, count, max_per_row);
+      const bool capped = max_per_row > 0 && count == max_per_row;
+      for (index_t j = 0; j < n; ++j) {
+        const T sm = S[i * n + j];
+        if (got[j] || !wanted(i, j) || std::isnan(sm)) continue;
+        if (LD(sm) >= LD(threshold) + band && !(capped && LD(worst) + band >= LD(sm)))
+          fail("row %td: pair with col %td (matrix score %.17g >= threshold %.9g) missing", i, j, double(sm),
+               double(threshold));
+      }
+    }
+    if (l == 0 && op.threads > 1) {
+      const fastsim::RangeResult<T> r1 = run(1);
+      if (r1.indptr != r.indptr || r1.indices != r.indices || !same_bits(r1.scores, r.scores))
         fail("one thread and %d threads differ", op.threads);
     }
   }
@@ -1037,6 +1139,7 @@ void dispatch(int which, Bytes& in, const Op& op) {
     case 4: return fuzz_topk<T>(in, op);
     case 5: return fuzz_rnn<T>(in, op);
     case 6: return fuzz_gemm_tn<T>(in, op);
+    case 7: return fuzz_range<T>(in, op);
     default: return fuzz_vecmath<T>(in, op);
   }
 }
@@ -1049,7 +1152,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Op op;
   op.levels = levels();
   op.threads = 1 + (head >> 4) % 4;
-  const int which = head % 8;
+  const int which = head % 9;
   if ((head >> 3) & 1)
     dispatch<double>(which, in, op);
   else

@@ -94,9 +94,17 @@ def test_two_threads_taking_turns_on_one_core_read_as_one_core():
             "from fastsim import _core as c; "
             "one = max(c.fma_peak_gflops(False, 0.05, 1) for _ in range(3)); "
             "two = max(c.fma_peak_gflops(False, 0.05, 2) for _ in range(3)); print(two / one)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert float(done.stdout) < 1.25
+    # A sum of the rates each thread saw reads about 2 every time; a neighbour
+    # taking the core during one of the timings can push a correct probe past
+    # 1.25 once, so three tries are given (as the two-core test above).
+    ratios = []
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        ratios.append(float(done.stdout))
+        if ratios[-1] < 1.25:
+            return
+    pytest.fail(f"two threads on one core read as {ratios} cores")
 
 
 def test_percent_of_peak_never_above_100():
