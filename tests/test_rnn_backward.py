@@ -280,10 +280,14 @@ def simd_level(request):
 
 
 def _backend_grads(be, kind, nonlinearity, x, weights, initial, lengths, batch_first, d_out, d_finals):
-    from fastsim import _rnn_train
+    from fastsim.rnn import cells, train
 
-    out, finals, tape = _rnn_train.forward(be, kind, x, weights, initial, lengths, batch_first, nonlinearity)
-    dx, d_weights, d_initial = _rnn_train.backward(be, tape, weights, d_out, d_finals)
+    cell = cells.cell(kind, nonlinearity)
+    if lengths is None:
+        lengths = np.full(x.shape[0] if batch_first else x.shape[1], x.shape[1] if batch_first else x.shape[0])
+    lengths = np.asarray(lengths, dtype=np.int64)
+    out, finals, tape = train.train_forward(be, cell, x, weights, initial, lengths, batch_first)
+    dx, d_weights, d_initial = train.train_backward(be, cell, tape, weights, d_out, d_finals)
     return [out, *finals, *_flat((dx, d_weights, d_initial))]
 
 

@@ -2,7 +2,7 @@
 // for the SIMD level in use and repacked only if that level changes.
 // RnnInputTable: an embedding projected through those weights, made by
 // RnnLayer.project and read by RnnLayer.run_ids; which table to keep, and
-// for how long, is the Python layer's decision (fastsim.rnn._Prepared).
+// for how long, is the Python side's decision (fastsim.rnn.EmbeddingProjection).
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -12,6 +12,7 @@
 
 #include "arrays.hpp"
 #include "fastsim/kernels.hpp"
+#include "fastsim/rnn/cell.hpp"
 
 namespace fastsim::bind {
 
@@ -211,7 +212,7 @@ class RnnLayerT {
       for (index_t i = 0; i < B; ++i)
         if (st.lengths[i] < 1 || st.lengths[i] > T_len) throw std::invalid_argument("lengths must lie within 1..T");
     }
-    if (cell_ == 0) {
+    if (has_cell_state(static_cast<Cell>(cell_))) {
       if (c.is_none()) throw std::invalid_argument("an LSTM needs the cell state c");
       // c is written in place: a list would be converted to a copy and the final state lost
       if (!py::isinstance<py::array>(c)) throw py::type_error("c must be a numpy array");
@@ -245,14 +246,14 @@ const TypedKernels<T>& RnnLayerT<T>::typed() const { return kernels_of(table_); 
 class RnnLayer {
  public:
   RnnLayer(int cell, py::array W_ih, py::array W_hh, py::object b_ih, py::object b_hh) {
-    if (cell < 0 || cell > 3) throw std::invalid_argument("cell must be 0 (lstm), 1 (gru), 2 (rnn tanh) or 3 (rnn relu)");
+    const Cell kind = checked_cell(cell);
     require_ndim(W_ih, 2, "W_ih");
     require_ndim(W_hh, 2, "W_hh");
     require_c_contiguous(W_ih, "W_ih");
     require_c_contiguous(W_hh, "W_hh");
     const DType t = dtype_of(W_ih, "W_ih");
     require_same_dtype(W_hh, t, "W_hh");
-    const index_t gates = cell == 0 ? 4 : (cell == 1 ? 3 : 1);
+    const index_t gates = gate_count(kind);
     const index_t H = W_hh.shape(1);
     if (H < 1) throw std::invalid_argument("W_hh must have at least one column (hidden size)");
     if (W_hh.shape(0) != gates * H) throw std::invalid_argument("W_hh must have shape (gates * H, H)");

@@ -1,4 +1,4 @@
-// Training form of the recurrent layers (rnn_train.hpp): one direction of one
+// Training form of the recurrent layers (rnn/train.hpp): one direction of one
 // layer, time-major, every array allocated by the caller (the Python layer in
 // fastsim._rnn_train).  Checks every shape, dtype and length, then releases
 // the GIL and calls the kernel of the SIMD level in use.
@@ -6,6 +6,7 @@
 
 #include "arrays.hpp"
 #include "fastsim/kernels.hpp"
+#include "fastsim/rnn/cell.hpp"
 
 namespace fastsim::bind {
 
@@ -31,13 +32,12 @@ struct Sizes {
 };
 
 Sizes sizes(int cell, const py::array& x, const py::array& W_hh) {
-  if (cell < 0 || cell > 3) throw std::invalid_argument("cell must be 0 (LSTM), 1 (GRU), 2 (RNN tanh) or 3 (RNN relu)");
+  const Cell kind = checked_cell(cell);
   require_ndim(x, 3, "x");
   require_ndim(W_hh, 2, "W_hh");
   Sizes s{cell, x.shape(0), x.shape(1), x.shape(2), W_hh.shape(1), 0, 0};
-  const index_t G = cell == 0 ? 4 : (cell == 1 ? 3 : 1);
-  s.GH = G * s.H;
-  s.A = cell <= 1 ? 4 * s.H : s.H;
+  s.GH = gate_count(kind) * s.H;
+  s.A = workspace_width(kind, s.H);
   return s;
 }
 
@@ -52,7 +52,7 @@ const int64_t* checked_lengths(const py::array& lengths, const Sizes& s) {
 
 template <class T>
 T* opt_ptr(py::object o, const Sizes& s, std::initializer_list<index_t> shape, const char* name, DType dt) {
-  if (s.cell != 0) {
+  if (!has_cell_state(static_cast<Cell>(s.cell))) {
     if (!o.is_none()) throw std::invalid_argument(std::string(name) + " must be None without a cell state");
     return nullptr;
   }

@@ -6,8 +6,8 @@
 #include "fastsim/kernels.hpp"
 #include "fastsim/range.hpp"
 #include "fastsim/topk_self.hpp"
-#include "fastsim/rnn.hpp"
-#include "fastsim/rnn_train.hpp"
+#include "fastsim/rnn/forward.hpp"
+#include "fastsim/rnn/train.hpp"
 #include "fastsim/topk.hpp"
 #include "fastsim/triplet.hpp"
 

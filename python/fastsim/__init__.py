@@ -25,7 +25,7 @@ from .mining import duplicate_groups, paraphrase_mining, range_search
 from .model import DuplicateModel, load_model
 from .trainer import TrainConfig, TrainResult, train
 from .topk import top_k
-from .training import RecurrentGradients, RecurrentTape, recurrent_backward, recurrent_forward_train
+from .rnn import RecurrentGradients, RecurrentTape, recurrent_backward, recurrent_forward_train
 from .triplet import (HardNegatives, TripletLossParts, hard_negatives, modified_triplet_loss,
                       modified_triplet_loss_grad, triplet_loss)
 

@@ -98,7 +98,7 @@ def top_k(
     queries: npt.NDArray[np.floating], corpus: npt.NDArray[np.floating], k: int, exclude_self: bool
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]: ...
 
-# Training form of the recurrent layers (rnn_train.hpp): one direction, time-major, caller-allocated arrays.
+# Training form of the recurrent layers (rnn/train.hpp): one direction, time-major, caller-allocated arrays.
 def rnn_train_forward(
     cell: int, x: npt.NDArray[np.floating], W_ih: npt.NDArray[np.floating], W_hh: npt.NDArray[np.floating],
     b_ih: npt.NDArray[np.floating], b_hh: npt.NDArray[np.floating], lengths: npt.NDArray[np.int64], reverse: bool,

@@ -2,7 +2,8 @@
 
 This room owns :class:`LSTM`, :class:`GRU` and :class:`RNN` of
 :mod:`fastsim.torch` and the ``torch.autograd.Function`` they share.  It may
-call :mod:`fastsim._rnn_train` (the training kernels), fastsim's validation
+call :mod:`fastsim.rnn.train` (the training route every fastsim layer takes),
+:mod:`fastsim.rnn.cells`, fastsim's validation
 helpers and PyTorch; it is imported only by :mod:`fastsim.torch`.
 
 The modules subclass ``torch.nn.LSTM`` / ``GRU`` / ``RNN``: constructor
@@ -17,12 +18,13 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from . import _backend, _rnn_train
+from . import _backend
 from ._validation import check_lengths
+from .rnn import kernels as _kernels
+from .rnn import train as _train
+from .rnn.cells import of_torch_mode
 
 __all__ = ["GRU", "LSTM", "RNN"]
-
-_KIND = {"LSTM": ("lstm", "tanh"), "GRU": ("gru", "tanh"), "RNN_TANH": ("rnn", "tanh"), "RNN_RELU": ("rnn", "relu")}
 
 
 def _numpy(t):
@@ -40,11 +42,14 @@ class _RecurrentFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, config, x, h0, c0, *flat):
-        kind, nonlinearity, batch_first, lengths, be, layers, dirs, has_bias = config
+        cell, batch_first, lengths, be, layers, dirs, has_bias = config
         weights = _unflatten([_numpy(w) for w in flat], layers, dirs, has_bias)
         initial = (_numpy(h0),) if c0 is None else (_numpy(h0), _numpy(c0))
-        out, finals, tape = _rnn_train.forward(be, kind, _numpy(x), weights, initial, lengths, batch_first,
-                                               nonlinearity)
+        x_np = _numpy(x)
+        if lengths is None:
+            B, T = (x_np.shape[0], x_np.shape[1]) if batch_first else (x_np.shape[1], x_np.shape[0])
+            lengths = np.full(B, T, dtype=np.int64)
+        out, finals, tape = _train.train_forward(be, cell, x_np, weights, initial, lengths, batch_first)
         # the tensors themselves, so that autograd notices an in-place change before backward
         ctx.save_for_backward(x, h0, c0, *flat)
         ctx.fastsim = (config, weights, tape)
@@ -55,10 +60,10 @@ class _RecurrentFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out, d_h, d_c=None):
         config, weights, tape = ctx.fastsim
-        kind, _, _, _, be, layers, dirs, has_bias = config
+        cell, _, _, be, layers, dirs, has_bias = config
         x, h0, c0, *flat = ctx.saved_tensors
         d_finals = (_numpy(d_h),) if c0 is None else (_numpy(d_h), _numpy(d_c))
-        dx, d_weights, d_initial = _rnn_train.backward(be, tape, weights, _numpy(d_out), d_finals)
+        dx, d_weights, d_initial = _train.train_backward(be, cell, tape, weights, _numpy(d_out), d_finals)
         flat_grads = []
         for layer in d_weights:
             for direction in layer:
@@ -97,7 +102,7 @@ class _FastsimRecurrent:
         if getattr(self, "proj_size", 0):
             msg = f"proj_size must be 0 (LSTM projections are not implemented in fastsim); got {self.proj_size}"
             raise ValueError(msg)
-        _backend.resolve(backend, _rnn_train.SUPPORTED)  # an unknown or unavailable backend fails here
+        _backend.resolve(backend, _kernels.SUPPORTED)  # an unknown or unavailable backend fails here
         self.backend = backend
 
     def _check_input(self, x, name="input"):
@@ -119,7 +124,7 @@ class _FastsimRecurrent:
         the final state is the state after its last valid step (the semantics
         of a PackedSequence, without packing).
         """
-        kind, nonlinearity = _KIND[self.mode]
+        cell = of_torch_mode(self.mode)
         packed = isinstance(input, PackedSequence)
         if packed:
             if lengths is not None:
@@ -148,15 +153,15 @@ class _FastsimRecurrent:
         dirs = 2 if self.bidirectional else 1
         n = self.num_layers * dirs
         h0, c0 = self._initial(hx, n, B, x, unbatched)
-        be = _backend.resolve(self.backend, _rnn_train.SUPPORTED)
+        be = _backend.resolve(self.backend, _kernels.SUPPORTED)
         flat = [getattr(self, name) for name in self._flat_weights_names]
         if B == 0 or T == 0:
             out = x.new_zeros((B, T, dirs * self.hidden_size) if self.batch_first else (T, B, dirs * self.hidden_size))
             finals = [h0] if c0 is None else [h0, c0]
         elif self.dropout and self.training and self.num_layers > 1:
-            out, finals = self._by_layer(kind, nonlinearity, lengths, be, x, h0, c0, flat, dirs)
+            out, finals = self._by_layer(cell, lengths, be, x, h0, c0, flat, dirs)
         else:
-            config = (kind, nonlinearity, self.batch_first, lengths, be, self.num_layers, dirs, self.bias)
+            config = (cell, self.batch_first, lengths, be, self.num_layers, dirs, self.bias)
             out, *finals = _RecurrentFunction.apply(config, x, h0, c0, *flat)
         if packed:
             out = _repack(out, self.batch_first, sorted_indices, batch_sizes, input.unsorted_indices)
@@ -165,14 +170,14 @@ class _FastsimRecurrent:
             finals = [f.squeeze(1) for f in finals]
         return out, (tuple(finals) if c0 is not None else finals[0])
 
-    def _by_layer(self, kind, nonlinearity, lengths, be, x, h0, c0, flat, dirs):
+    def _by_layer(self, cell, lengths, be, x, h0, c0, flat, dirs):
         """Layer after layer with dropout on every layer's output but the last (torch.nn's rule)."""
         per = (4 if self.bias else 2) * dirs
         finals = [[], []]
         seq = x
         for layer in range(self.num_layers):
             rows = slice(layer * dirs, (layer + 1) * dirs)
-            config = (kind, nonlinearity, self.batch_first, lengths, be, 1, dirs, self.bias)
+            config = (cell, self.batch_first, lengths, be, 1, dirs, self.bias)
             seq, *last = _RecurrentFunction.apply(
                 config, seq, h0[rows], None if c0 is None else c0[rows], *flat[layer * per : (layer + 1) * per]
             )

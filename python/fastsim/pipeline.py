@@ -418,7 +418,7 @@ def _as_weight(value, name):
     return as_float_array(value, name, ndim=2)
 
 
-# Largest projected-embedding tables the cpp encoder keeps (see _encode_compiled).
+# Largest projected-embedding tables the cpp encoder keeps (see _encode_fastsim).
 _TABLE_BYTES = 512 << 20
 
 
@@ -505,6 +505,7 @@ class SiameseEncoder:
         self._embedding = np.array(emb, dtype=dt, order="C")
         self._embedding.flags.writeable = False
         self._tokens_encoded = 0
+        self._projected = None  # the first layer's EmbeddingProjection, made on first use
         self._layers = layers
         self._features = features
         self.pooling = pooling
@@ -653,27 +654,30 @@ class SiameseEncoder:
             pooled[:, H:] = out[:, 0, H:]
         return pooled
 
-    def _compiled(self, backend):
-        """Whether the whole encoder runs through the compiled layers' own entry points."""
-        return _backend.resolve(backend) == "cpp" and all(hasattr(layer, "_run_compiled") for layer in self._layers)
+    def _fastsim_layers(self) -> bool:
+        """Whether every layer is a fastsim layer (pooled and token-id forms, on every backend)."""
+        rnn = _rnn_module()
+        return all(isinstance(layer, (rnn.LSTM, rnn.GRU, rnn.RNN)) for layer in self._layers)
 
-    def _table_bytes(self) -> int:
-        """Memory of the first layer's projected embedding tables (all directions)."""
-        first = self._layers[0]
-        gates = _rnn_module()._GATES[first._KIND]  # only fastsim layers reach here (_compiled)
-        dirs = 2 if first.bidirectional else 1
-        return self._embedding.shape[0] * gates * int(first.hidden_size) * dirs * self._embedding.itemsize
+    def _projection(self):
+        """The first layer's :class:`fastsim.rnn.EmbeddingProjection` of the embedding, made once."""
+        proj = self._projected
+        if proj is None:
+            proj = self._layers[0].project_embedding(self._embedding)
+            self._projected = proj
+        return proj
 
-    def _encode_compiled(self, ids, run_lengths, L, T):
-        """The cpp backend: the pooled (not yet normalized) vectors of one batch.
+    def _encode_fastsim(self, ids, run_lengths, L, T, backend):
+        """fastsim layers: the pooled (not yet normalized) vectors of one batch.
 
-        * The first layer reads rows of its input projection of the whole
-          embedding, picked by token id, once the encoder has seen V tokens in
-          total (building that table costs as much as projecting V tokens; the
-          layer keeps it, and a layer whose weights are replaced gets a new one),
-          unless the tables would take more than 512 MiB.
-        * "mean" and "masked_mean" are summed inside the last layer's steps:
-          its (B, T, F) outputs are never stored.
+        * On the compiled backend the first layer reads rows of its input
+          projection of the whole embedding, picked by token id
+          (:meth:`fastsim.LSTM.run_ids`), once the encoder has seen V tokens
+          in total (building that table costs as much as projecting V tokens;
+          the projection keeps it, and remakes it when the layer's weights are
+          replaced), unless the tables would take more than 512 MiB.
+        * "mean" and "masked_mean" are summed inside the last layer's steps
+          (``pool_until``): its (B, T, F) outputs are never stored.
         """
         B, T_run = ids.shape
         lens = np.full(B, T_run, dtype=np.int64) if run_lengths is None else contiguous(run_lengths, np.int64)
@@ -683,16 +687,21 @@ class SiameseEncoder:
         elif self.pooling == "masked_mean":
             until = contiguous(L, np.int64)
         self._tokens_encoded += ids.size
-        use_table = self._tokens_encoded >= self._embedding.shape[0] and self._table_bytes() <= _TABLE_BYTES
+        proj = self._projection()
+        use_table = (_backend.resolve(backend) == "cpp" and self._tokens_encoded >= self._embedding.shape[0]
+                     and proj.nbytes <= _TABLE_BYTES)
         last = len(self._layers) - 1
         x = None
         for k, layer in enumerate(self._layers):
             pool_until = until if k == last else None
             if k == 0 and use_table:
-                ids64 = contiguous(ids, np.int64)
-                x, _ = layer._run_compiled(None, lens, pool_until, ids=ids64, embedding=self._embedding)
+                x, _ = layer.run_ids(ids, proj, lens, pool_until=pool_until, backend=backend)
+            elif layer.batch_first:
+                x, _ = layer(self._embedding[ids] if k == 0 else x, lens, pool_until=pool_until, backend=backend)
             else:
-                x, _ = layer._run_compiled(self._embedding[ids] if k == 0 else x, lens, pool_until)
+                x, _ = layer(np.swapaxes(self._embedding[ids] if k == 0 else x, 0, 1), lens, pool_until=pool_until,
+                             backend=backend)
+                x = x if pool_until is not None else np.swapaxes(x, 0, 1)
         if self.pooling == "mean":
             return x / x.dtype.type(T)
         if self.pooling == "masked_mean":
@@ -710,8 +719,8 @@ class SiameseEncoder:
         else:
             L = _pooling_lengths(ids)
             run_lengths = None
-        if self._compiled(backend):
-            pooled = self._encode_compiled(ids, run_lengths, L, T)
+        if self._fastsim_layers():
+            pooled = self._encode_fastsim(ids, run_lengths, L, T, backend)
         else:
             out = self._run_layers(self._embedding[ids], run_lengths, backend)
             pooled = self._pool(np.asarray(out), L, T)

@@ -5,7 +5,7 @@ This room owns training without PyTorch: question pairs read and checked
 gradient of the modified triplet loss through the whole Siamese encoder
 (:class:`SiameseTrainer`), the epoch loop with evaluation, threshold choice,
 progress bar and checkpoints (:func:`train`).  It may call
-:mod:`fastsim._rnn_train` (the recurrent layers' training kernels),
+:mod:`fastsim.rnn.train` (the recurrent layers' training route),
 :func:`fastsim.triplet.value_and_grad`, :mod:`fastsim.optim`,
 :mod:`fastsim.pipeline` and :mod:`fastsim.model`; tqdm when installed.
 
@@ -45,7 +45,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _backend, _rnn_train
+from . import _backend
+from .rnn import cells as _cells
+from .rnn import kernels as _rnn_kernels
+from .rnn import train as _rnn_train
 from . import optim as _optim
 from .model import DuplicateModel
 from .pipeline import PAD_ID, SiameseEncoder, Vocabulary, write_npz_atomic
@@ -54,7 +57,6 @@ __all__ = ["PairData", "SiameseTrainer", "TrainConfig", "TrainResult", "best_thr
            "read_pairs", "train"]
 
 _CELLS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
-_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 _CHECKPOINT = "fastsim.TrainCheckpoint"
 
 
@@ -350,8 +352,9 @@ class SiameseTrainer:
     def __init__(self, config: TrainConfig, vocab_size: int, *, backend: str = "auto") -> None:
         self.config = config
         self.vocab_size = _positive_int(vocab_size, "vocab_size", minimum=3)
-        self.kind = _CELLS[config.cell]
-        self.backend = _backend.resolve(backend, _rnn_train.SUPPORTED)
+        self.cell = _cells.cell(_CELLS[config.cell])  # the RNN's tanh, as torch.nn.RNN's default
+        self.kind = self.cell.kind
+        self.backend = _backend.resolve(backend, _rnn_kernels.SUPPORTED)
         self.dtype = np.dtype(config.dtype)
         self.num_dirs = 2 if config.bidirectional else 1
         self.params = self._initial_params()
@@ -373,7 +376,7 @@ class SiameseTrainer:
         params = {"embedding.weight": rng.standard_normal((self.vocab_size, cfg.embedding_dim)).astype(self.dtype)}
         params["embedding.weight"][PAD_ID] = 0
         H = cfg.hidden_size
-        G = _GATES[self.kind] * H
+        G = self.cell.gates * H
         k = 1.0 / math.sqrt(H)
         for layer in range(cfg.num_layers):
             D = cfg.embedding_dim if layer == 0 else H * self.num_dirs
@@ -449,13 +452,12 @@ class SiameseTrainer:
         emb = self.params["embedding.weight"]
         x = emb[ids.T]  # (T, 2b, E), time-major: the layers' native layout
         weights = self._weights()
-        nonlinearity = "tanh"
-        out, _, tape = _rnn_train.forward(self.backend, self.kind, x, weights, None, L, False, nonlinearity)
+        out, _, tape = _rnn_train.train_forward(self.backend, self.cell, x, weights, None, L, False)
         pooled = self._pool(out, L, cfg.max_length)
         loss, (g1, g2) = _loss_value_and_grad(pooled[:b], pooled[b:], cfg.margin, reduction=cfg.reduction,
                                               backend=self.backend)
         d_out = self._pool_backward(np.concatenate([g1, g2]), L, T, cfg.max_length)
-        dx, d_weights, _ = _rnn_train.backward(self.backend, tape, weights, d_out, None)
+        dx, d_weights, _ = _rnn_train.train_backward(self.backend, self.cell, tape, weights, d_out, None)
         grads: dict[str, Any] = {}
         grads["embedding.weight"] = self._embedding_grad(ids, L, dx)
         for layer in range(cfg.num_layers):

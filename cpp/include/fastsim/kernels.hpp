@@ -38,7 +38,7 @@ struct TypedKernels {
                 int64_t* indices);
   // Element-wise vexp (0), vsigmoid (1), vtanh (2) of vecmath.hpp, for testing their accuracy.
   void (*vec_math)(int fn, const T* x, index_t n, T* out);
-  // Recurrent layers (rnn.hpp): weights packed for this level behind an opaque handle.
+  // Recurrent layers (rnn/forward.hpp): weights packed for this level behind an opaque handle.
   void* (*rnn_create)(int cell, const T* W_ih, const T* W_hh, const T* b_ih, const T* b_hh, index_t D, index_t H);
   void (*rnn_destroy)(void* weights);
   // out may be null when pool is given: pool[i * pool_ld + out_off + u] += h at steps t < pool_until[i].
@@ -55,7 +55,7 @@ struct TypedKernels {
   // The reduced modified triplet loss (triplet.hpp): sum (or mean) over rows of
   // L1 + L2, each row's loss rounded to T and the total accumulated in double.
   double (*triplet_cost)(const T* v1, const T* v2, index_t b, index_t d, int empty_mode, double margin, bool mean);
-  // Training form (rnn_train.hpp): one direction, time-major, forward with workspace and its backward.
+  // Training form (rnn/train.hpp): one direction, time-major, forward with workspace and its backward.
   void (*rnn_train_forward)(int cell, const T* x, index_t T_len, index_t B, index_t D, index_t H, const T* W_ih,
                             const T* W_hh, const T* b_ih, const T* b_hh, const int64_t* lengths, bool reverse, T* h,
                             T* c, T* out, T* act, T* h_prev, T* c_prev, T* tanh_c);

@@ -13,18 +13,18 @@ import numpy as np
 
 import fastsim
 from fastsim import rnn as _rnn
+from fastsim.rnn.cells import cell
 from fastsim._reference import rnn as ref
 
 from .common import Case
 
-_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 _CLASSES = {"lstm": _rnn.LSTM, "gru": _rnn.GRU, "rnn": _rnn.RNN}
 _REFERENCE = {"lstm": ref.lstm, "gru": ref.gru, "rnn": ref.rnn}
 
 
 def flops(kind: str, B: int, T: int, D: int, H: int) -> float:
     """Multiply-adds of the input and recurrent products, counted twice: 2 T B G H (D + H)."""
-    return 2.0 * T * B * _GATES[kind] * H * (D + H)
+    return 2.0 * T * B * cell(kind).gates * H * (D + H)
 
 
 def _torch_module(kind, layer):

@@ -27,13 +27,17 @@ outputs are 0 and its state is frozen, so the final state is the state at step
 last element (step ``lengths[b] - 1``) from the initial state and ends at step 0.
 
 The layer functions work on time-major arrays: ``x`` (T, B, D), states (B, H).
-The stacked drivers (:func:`lstm`, :func:`gru`, :func:`rnn`) take the user's
-layout and a list of per-layer, per-direction weights.
+The stacked forms (:func:`lstm`, :func:`gru`, :func:`rnn`) take the user's
+layout and a list of per-layer, per-direction weights, and run the layer
+functions through the stacked driver every backend shares
+(:mod:`fastsim.rnn.driver`, which only orders the work).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from ..rnn import driver
 
 
 # Below this argument the logistic function is exactly 0 (its value is under
@@ -153,35 +157,34 @@ def rnn_layer(x, W_ih, W_hh, bias, h0, lengths=None, reverse=False, nonlinearity
 # --------------------------------------------------------------------------- stacked, bidirectional
 
 
-def _stacked(run_direction, x, weights, n_states, initial, lengths, batch_first):
-    """Shared driver: layer after layer, each direction over the previous layer's output.
+def _stacked(run_direction, x, weights, initial, lengths, batch_first):
+    """The stacked walk of :mod:`fastsim.rnn.driver`, time-major, over ``run_direction``.
 
-    ``weights[layer][direction]`` is whatever ``run_direction`` takes;
-    ``initial`` is a tuple of ``n_states`` arrays of shape (layers * directions, B, H)
-    or None (zeros).  Returns ``(outputs, final states)``.
+    ``run_direction(seq, w, states, lengths, reverse) -> (out, *finals)`` is
+    one of the layer functions above; ``weights[layer][direction]`` is its
+    ``w``; ``initial`` a tuple of arrays of shape (layers * directions, B, H).
+    Returns ``(outputs, final states)``.
     """
     seq = np.swapaxes(x, 0, 1) if batch_first else x
-    num_dirs = len(weights[0])
-    finals = [[] for _ in range(n_states)]
-    for layer, directions in enumerate(weights):
-        outs = []
-        for d, w in enumerate(directions):
-            k = layer * num_dirs + d
-            states = tuple(s[k] for s in initial)
-            out, *last = run_direction(seq, w, states, lengths, d == 1)
-            outs.append(out)
-            for s, value in zip(finals, last):
-                s.append(value)
-        seq = np.concatenate(outs, axis=2)
-    outputs = np.swapaxes(seq, 0, 1) if batch_first else seq
-    return outputs, tuple(np.stack(s) for s in finals)
+    T, B = seq.shape[:2]
+    H = weights[0][0][1].shape[1]  # W_hh is (G*H, H)
+
+    def direction(w, seq, states, lengths, reverse, sink):
+        out, *finals = run_direction(seq, w, states, lengths, reverse)
+        sink.put(out)
+        return tuple(finals), None
+
+    outputs, finals, _ = driver.forward(weights, seq, False, tuple(initial), _full_lengths(lengths, B, T), direction,
+                                        hidden_size=H, steps=T, batch=B, dtype=initial[0].dtype)
+    return (np.swapaxes(outputs, 0, 1) if batch_first else outputs), finals
 
 
 def _zeros_initial(x, weights, n_states, batch_first):
     B = x.shape[0] if batch_first else x.shape[1]
-    H = weights[0][0][1].shape[1]  # W_hh is (G*H, H)
+    H = weights[0][0][1].shape[1]
     n = len(weights) * len(weights[0])
-    return tuple(np.zeros((n, B, H), dtype=x.dtype) for _ in range(n_states))
+    dt = np.result_type(x, weights[0][0][1])
+    return tuple(np.zeros((n, B, H), dtype=dt) for _ in range(n_states))
 
 
 def lstm(x, weights, h0=None, c0=None, lengths=None, batch_first=True):
@@ -210,7 +213,7 @@ def lstm(x, weights, h0=None, c0=None, lengths=None, batch_first=True):
         W_ih, W_hh, b_ih, b_hh = w
         return lstm_layer(seq, W_ih, W_hh, b_ih + b_hh, states[0], states[1], lengths, reverse)
 
-    outputs, (h_n, c_n) = _stacked(run, x, weights, 2, initial, lengths, batch_first)
+    outputs, (h_n, c_n) = _stacked(run, x, weights, initial, lengths, batch_first)
     return outputs, (h_n, c_n)
 
 
@@ -225,7 +228,7 @@ def gru(x, weights, h0=None, lengths=None, batch_first=True):
         W_ih, W_hh, b_ih, b_hh = w
         return gru_layer(seq, W_ih, W_hh, b_ih, b_hh, states[0], lengths, reverse)
 
-    outputs, (h_n,) = _stacked(run, x, weights, 1, initial, lengths, batch_first)
+    outputs, (h_n,) = _stacked(run, x, weights, initial, lengths, batch_first)
     return outputs, h_n
 
 
@@ -237,5 +240,5 @@ def rnn(x, weights, h0=None, lengths=None, batch_first=True, nonlinearity="tanh"
         W_ih, W_hh, b_ih, b_hh = w
         return rnn_layer(seq, W_ih, W_hh, b_ih + b_hh, states[0], lengths, reverse, nonlinearity)
 
-    outputs, (h_n,) = _stacked(run, x, weights, 1, initial, lengths, batch_first)
+    outputs, (h_n,) = _stacked(run, x, weights, initial, lengths, batch_first)
     return outputs, h_n

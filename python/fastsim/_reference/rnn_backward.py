@@ -3,7 +3,8 @@
 This room owns the training form of the recurrent layers: a forward pass that
 keeps a *workspace* (the gate activations and the states entering every step),
 and the backward pass that reads it.  It may call only NumPy and
-:mod:`fastsim._reference.rnn` (for ``sigmoid`` and the IEEE error state); the
+:mod:`fastsim._reference.rnn` (for ``sigmoid`` and the IEEE error state), and
+the stacked driver :mod:`fastsim.rnn.driver` (which orders the work); the
 forward it computes is the one specified there, and every other backend's
 backward must agree with this one.
 
@@ -64,9 +65,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..rnn import driver
 from .rnn import _ieee, _time_steps, sigmoid
 
-__all__ = ["CELLS", "DirectionTape", "StackTape", "backward", "forward"]
+__all__ = ["CELLS", "DirectionTape", "StackTape", "backward", "cell_math", "forward"]
 
 
 # --------------------------------------------------------------------------- cells
@@ -75,7 +77,6 @@ __all__ = ["CELLS", "DirectionTape", "StackTape", "backward", "forward"]
 class _LSTMCell:
     """LSTM step: workspace per step is ``gates`` (B, 4H) = [i, f, g, o] and the new cell ``c'``."""
 
-    core_id = 0  # the compiled kernels' cell number
     gates = 4
     n_states = 2
 
@@ -103,7 +104,6 @@ class _LSTMCell:
 class _GRUCell:
     """GRU step: workspace per step is ``gates`` (B, 4H) = [r, z, n, a_h,n]."""
 
-    core_id = 1  # the compiled kernels' cell number
     gates = 3
     n_states = 1
 
@@ -139,7 +139,6 @@ class _RNNCell:
 
     def __init__(self, nonlinearity="tanh"):
         self.relu = nonlinearity == "relu"
-        self.core_id = 3 if self.relu else 2  # the compiled kernels' cell number
 
     def step(self, a_x, h, c, W_hh, b_hh):
         a = a_x + h @ W_hh.T + b_hh
@@ -159,7 +158,8 @@ class _RNNCell:
 CELLS = {"lstm": _LSTMCell(), "gru": _GRUCell(), "rnn": _RNNCell("tanh"), "rnn_relu": _RNNCell("relu")}
 
 
-def _cell(kind, nonlinearity="tanh"):
+def cell_math(kind, nonlinearity="tanh"):
+    """The step equations of a cell kind (``nonlinearity`` for the RNN)."""
     return CELLS["rnn_relu" if kind == "rnn" and nonlinearity == "relu" else kind]
 
 
@@ -279,8 +279,19 @@ class StackTape(NamedTuple):
     layers: list
 
 
-def forward(kind, x, weights, initial=None, lengths=None, batch_first=True, nonlinearity="tanh", *,
-            direction=direction_forward):
+def _direction_forward(kind, nonlinearity):
+    math = cell_math(kind, nonlinearity)
+
+    def run(w, seq, states, lengths, reverse, sink):
+        c0 = states[1] if math.n_states == 2 else None
+        out, finals, tape = direction_forward(math, seq, *w, states[0], c0, lengths, reverse)
+        sink.put(out)
+        return finals, tape
+
+    return run
+
+
+def forward(kind, x, weights, initial=None, lengths=None, batch_first=True, nonlinearity="tanh"):
     """Stacked, optionally bidirectional forward pass that keeps its workspace.
 
     Parameters
@@ -298,38 +309,25 @@ def forward(kind, x, weights, initial=None, lengths=None, batch_first=True, nonl
         As :func:`fastsim._reference.rnn.lstm` (finals a tuple of state arrays),
         and the :class:`StackTape` that :func:`backward` reads.
 
-    ``direction`` runs one layer's direction (signature of
-    :func:`direction_forward`); another backend passes its own kernel and
-    keeps this driver.
+    The layers are walked by the stacked driver of every backend
+    (:mod:`fastsim.rnn.driver`) over :func:`direction_forward`.
     """
-    cell = _cell(kind, nonlinearity)
+    math = cell_math(kind, nonlinearity)
     seq = np.swapaxes(x, 0, 1) if batch_first else x
     T, B = seq.shape[:2]
     H = weights[0][0][1].shape[1]
-    num_dirs = len(weights[0])
-    n = len(weights) * num_dirs
+    n = len(weights) * len(weights[0])
     if initial is None:
-        initial = tuple(np.zeros((n, B, H), dtype=x.dtype) for _ in range(cell.n_states))
+        initial = tuple(np.zeros((n, B, H), dtype=x.dtype) for _ in range(math.n_states))
     lengths = np.full(B, T, dtype=np.int64) if lengths is None else np.asarray(lengths)
-    finals = [np.zeros_like(s) for s in initial]
-    tapes = []
-    for layer, directions in enumerate(weights):
-        outs, layer_tapes = [], []
-        for d, (W_ih, W_hh, b_ih, b_hh) in enumerate(directions):
-            k = layer * num_dirs + d
-            c0 = initial[1][k] if cell.n_states == 2 else None
-            out, last, tape = direction(cell, seq, W_ih, W_hh, b_ih, b_hh, initial[0][k], c0, lengths, d == 1)
-            outs.append(out)
-            layer_tapes.append(tape)
-            for f, value in zip(finals, last):
-                f[k] = value
-        tapes.append(layer_tapes)
-        seq = np.concatenate(outs, axis=2)
-    outputs = np.swapaxes(seq, 0, 1) if batch_first else seq
-    return outputs, tuple(finals), StackTape(kind, nonlinearity, batch_first, tapes)
+    outputs, finals, tapes = driver.forward(weights, seq, False, tuple(initial), lengths,
+                                            _direction_forward(kind, nonlinearity), hidden_size=H, steps=T, batch=B,
+                                            dtype=x.dtype)
+    outputs = np.swapaxes(outputs, 0, 1) if batch_first else outputs
+    return outputs, finals, StackTape(kind, nonlinearity, batch_first, tapes)
 
 
-def backward(tape: StackTape, weights, d_outputs=None, d_finals=None, *, direction=direction_backward):
+def backward(tape: StackTape, weights, d_outputs=None, d_finals=None):
     """Gradients of a stacked run from the gradients of its outputs and final states.
 
     Parameters
@@ -345,11 +343,8 @@ def backward(tape: StackTape, weights, d_outputs=None, d_finals=None, *, directi
     dx : ndarray, shape of ``x``
     d_weights : list over layers of list over directions of ``(dW_ih, dW_hh, db_ih, db_hh)``
     d_initial : tuple of arrays (layers * directions, B, H), one per state
-
-    ``direction`` is the per-direction backward (signature of
-    :func:`direction_backward`) matching the forward's ``direction``.
     """
-    cell = _cell(tape.kind, tape.nonlinearity)
+    math = cell_math(tape.kind, tape.nonlinearity)
     first = tape.layers[0][0]
     T, B = first.x.shape[:2]
     dt = first.h_prev.dtype
@@ -360,24 +355,14 @@ def backward(tape: StackTape, weights, d_outputs=None, d_finals=None, *, directi
         d_seq = np.zeros((T, B, num_dirs * H), dtype=dt)
     else:
         d_seq = np.swapaxes(d_outputs, 0, 1) if tape.batch_first else d_outputs
-    d_finals = tuple(d_finals) if d_finals is not None else (None,) * cell.n_states
+    d_finals = tuple(d_finals) if d_finals is not None else (None,) * math.n_states
     d_finals = tuple(np.zeros((n, B, H), dtype=dt) if g is None else g for g in d_finals)
-    d_initial = tuple(np.zeros((n, B, H), dtype=dt) for _ in range(cell.n_states))
-    d_weights = [[None] * num_dirs for _ in tape.layers]
-    for layer in range(len(tape.layers) - 1, -1, -1):
-        d_input = None
-        for d in range(num_dirs):
-            k = layer * num_dirs + d
-            W_ih, W_hh = weights[layer][d][:2]
-            d_c = d_finals[1][k] if cell.n_states == 2 else None
-            dx, grads, dh0, dc0 = direction(
-                cell, tape.layers[layer][d], W_ih, W_hh, d_seq[:, :, d * H : (d + 1) * H], d_finals[0][k], d_c
-            )
-            d_weights[layer][d] = grads
-            d_initial[0][k] = dh0
-            if dc0 is not None:
-                d_initial[1][k] = dc0
-            d_input = dx if d_input is None else d_input + dx
-        d_seq = d_input
-    dx = np.swapaxes(d_seq, 0, 1) if tape.batch_first else d_seq
+
+    def direction(w, dir_tape, d_out, d_last):
+        d_c = d_last[1] if math.n_states == 2 else None
+        dx, grads, dh0, dc0 = direction_backward(math, dir_tape, w[0], w[1], d_out, d_last[0], d_c)
+        return dx, grads, ((dh0,) if dc0 is None else (dh0, dc0))
+
+    dx, d_weights, d_initial = driver.backward(weights, tape.layers, d_seq, d_finals, direction, hidden_size=H)
+    dx = np.swapaxes(dx, 0, 1) if tape.batch_first else dx
     return dx, d_weights, d_initial

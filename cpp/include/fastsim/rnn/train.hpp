@@ -1,5 +1,8 @@
 // Training form of the recurrent layers on the GEMM engine: a forward pass
 // that keeps a workspace, and backpropagation through time that reads it.
+// The weights come in the one layout of python/fastsim/rnn/weights.py
+// (PyTorch's) and are packed per call (W_hh, and W_hh^T for the backward);
+// the cell kinds and the workspace width are cell.hpp's.
 // The NumPy reference (python/fastsim/_reference/rnn_backward.py) is the
 // specification; names and equations follow it.
 //
@@ -36,9 +39,10 @@
 #include <cstring>
 #include <vector>
 
-#include "gemm.hpp"
-#include "rnn.hpp"
-#include "vecmath.hpp"
+#include "../gemm.hpp"
+#include "../vecmath.hpp"
+#include "cell.hpp"
+#include "forward.hpp"
 
 namespace fastsim {
 namespace FASTSIM_LEVEL {
@@ -118,7 +122,7 @@ struct Dims {
   Dims(int c, index_t T_len, index_t B_, index_t D_, index_t H_) : cell(static_cast<Cell>(c)), Tn(T_len), B(B_), D(D_), H(H_) {
     G = gate_count(cell);
     GH = G * H;
-    A = (cell == Cell::LSTM || cell == Cell::GRU) ? 4 * H : H;
+    A = workspace_width(cell, H);
     const index_t bytes = GH * static_cast<index_t>(sizeof(T));
     LA = GH + ((bytes % 2048 == 0) ? 64 / static_cast<index_t>(sizeof(T)) : 0);
   }

@@ -21,6 +21,8 @@
 // length is <= s is frozen (state kept, nothing written; outputs there stay
 // the zeros the caller allocated); the reverse direction runs step s at time
 // length - 1 - s, i.e. over each sequence's own length.
+//
+// Weights: RnnWeights (weights.hpp); cell kinds: cell.hpp.
 #pragma once
 
 #include <algorithm>
@@ -31,81 +33,13 @@
 #include <utility>
 #include <vector>
 
-#include "gemm.hpp"
-#include "vecmath.hpp"
+#include "../gemm.hpp"
+#include "../vecmath.hpp"
+#include "cell.hpp"
+#include "weights.hpp"
 
 namespace fastsim {
 namespace FASTSIM_LEVEL {
-
-enum class Cell : int { LSTM = 0, GRU = 1, RNN_TANH = 2, RNN_RELU = 3 };
-
-inline int gate_count(Cell cell) { return cell == Cell::LSTM ? 4 : (cell == Cell::GRU ? 3 : 1); }
-
-// Weights of one direction of one layer, packed for this SIMD level.
-template <class T>
-struct RnnWeights {
-  Cell cell = Cell::LSTM;
-  index_t D = 0, H = 0;
-  index_t cols = 0;        // columns of XW and of the recurrent GEMM (permuted/padded for LSTM)
-  PackedB<T> w_ih, w_hh;  // W_ih (cols x D) and W_hh (cols x H), permuted like the columns
-  PackedB<T> w_cat;       // LSTM and RNN: [W_ih | W_hh], K = D + H
-  std::vector<T> bias_x;   // added to XW (b_ih, plus b_hh where it can be folded)
-  std::vector<T> bias_h;   // GRU only: b_hh, added to the recurrent part before r multiplies it
-  std::vector<index_t> src_row;  // permuted column -> PyTorch row (-1 for padding)
-
-  // W_ih (gates*H, D), W_hh (gates*H, H), biases (gates*H) or null; PyTorch gate order.
-  void build(Cell c, const T* W_ih, const T* W_hh, const T* b_ih, const T* b_hh, index_t D_, index_t H_) {
-    cell = c;
-    D = D_;
-    H = H_;
-    const index_t gates = gate_count(c);
-    constexpr int NR = GemmShape<T>::NR;
-    src_row.clear();
-    if (c == Cell::LSTM) {
-      const index_t G = NR / 4;
-      const index_t panels = (H + G - 1) / G;
-      cols = panels * NR;
-      for (index_t p = 0; p < cols; ++p) {
-        const index_t q = p / NR, w = p % NR, gate = w / G, unit = q * G + w % G;
-        src_row.push_back(unit < H ? gate * H + unit : -1);
-      }
-    } else {
-      cols = gates * H;
-      for (index_t p = 0; p < cols; ++p) src_row.push_back(p);
-    }
-    std::vector<T> wi(static_cast<std::size_t>(cols * std::max<index_t>(D, 1)), T(0));
-    std::vector<T> wh(static_cast<std::size_t>(cols * std::max<index_t>(H, 1)), T(0));
-    bias_x.assign(static_cast<std::size_t>(cols), T(0));
-    bias_h.assign(static_cast<std::size_t>(cols), T(0));
-    for (index_t p = 0; p < cols; ++p) {
-      const index_t s = src_row[p];
-      if (s < 0) continue;
-      for (index_t k = 0; k < D; ++k) wi[p * D + k] = W_ih[s * D + k];
-      for (index_t k = 0; k < H; ++k) wh[p * H + k] = W_hh[s * H + k];
-      const T bi = b_ih ? b_ih[s] : T(0), bh = b_hh ? b_hh[s] : T(0);
-      if (c == Cell::GRU) {
-        bias_x[p] = bi;
-        bias_h[p] = bh;
-      } else {
-        bias_x[p] = bi + bh;
-      }
-    }
-    // Every cell keeps W_ih and W_hh packed apart: the input projection of
-    // all steps (or of a whole embedding table) is one GEMM on W_ih, and the
-    // steps then multiply h by W_hh alone.
-    w_ih.pack(wi.data(), D, cols, D);
-    w_hh.pack(wh.data(), H, cols, H);
-    if (c != Cell::GRU) {
-      const index_t K = D + H;
-      std::vector<T> cat(static_cast<std::size_t>(cols * K));
-      for (index_t p = 0; p < cols; ++p) {
-        std::copy(wi.begin() + p * D, wi.begin() + (p + 1) * D, cat.begin() + p * K);
-        std::copy(wh.begin() + p * H, wh.begin() + (p + 1) * H, cat.begin() + p * K + D);
-      }
-      w_cat.pack(cat.data(), K, cols, K);
-    }
-  }
-};
 
 // XW[r, :] = X[r, :] W_ih^T + bias_x, for all N = B*T rows at once.
 template <class T>

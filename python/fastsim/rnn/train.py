@@ -1,10 +1,13 @@
 """Gradients of the recurrent layers: a forward pass that keeps its workspace, and its backward.
 
-This room owns the public NumPy form of backpropagation through time for
-:class:`fastsim.LSTM`, :class:`fastsim.GRU` and :class:`fastsim.RNN`.  It may
-call the layers' public surface (``weights``, ``batch_first``, sizes,
-``nonlinearity``), fastsim's validation helpers and :mod:`fastsim._rnn_train`
-(the kernels of every backend).
+This room owns backpropagation through time for :class:`fastsim.LSTM`,
+:class:`fastsim.GRU` and :class:`fastsim.RNN`: the public NumPy form
+(:func:`recurrent_forward_train`, :func:`recurrent_backward`) and the two
+entry points :mod:`fastsim.torch`'s modules call (:func:`train_forward`,
+:func:`train_backward`).  It may call the layers' public surface
+(``weights``, ``cell``, ``batch_first``, sizes), fastsim's validation
+helpers, :mod:`fastsim.rnn.driver` (the stacked walk every backend shares)
+and :mod:`fastsim.rnn.kernels` (the per-direction training kernels).
 
 Examples
 --------
@@ -20,25 +23,75 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _backend, _rnn_train
-from . import rnn as _rnn
-from ._validation import as_float_array, check_lengths, check_shape
+from .. import _backend
+from .._reference.rnn_backward import StackTape
+from .._validation import as_float_array, check_lengths, check_shape
+from . import driver, kernels
+from .cells import Cell
+from .weights import RecurrentWeights
 
-__all__ = ["RecurrentGradients", "RecurrentTape", "recurrent_backward", "recurrent_forward_train"]
+__all__ = ["RecurrentGradients", "RecurrentTape", "recurrent_backward", "recurrent_forward_train", "train_backward",
+           "train_forward"]
+
+
+def train_forward(be: str, cell: Cell, x, weights, initial, lengths, batch_first: bool):
+    """The stacked training forward on backend ``be``.
+
+    ``x`` (B, T, D) or (T, B, D) of one float dtype; ``weights[layer][direction]
+    = (W_ih, W_hh, b_ih, b_hh)`` in PyTorch layout; ``initial`` a tuple of
+    (layers * directions, B, H) states (None: zeros); ``lengths`` int64 (B,)
+    within 1..T.
+    Returns ``(outputs, finals, tape)``, outputs in the input's layout.
+    """
+    direction_forward = kernels.TRAIN[be][0]
+    seq = np.ascontiguousarray(np.swapaxes(x, 0, 1) if batch_first else x)
+    T, B = seq.shape[:2]
+    H = weights[0][0][1].shape[1]
+    if initial is None:
+        n = len(weights) * len(weights[0])
+        initial = tuple(np.zeros((n, B, H), dtype=seq.dtype) for _ in cell.states)
+
+    def direction(w, seq, states, lengths, reverse, sink):
+        return direction_forward(cell, w, seq, states, lengths, reverse, sink)
+
+    out, finals, tapes = driver.forward(weights, seq, False, tuple(initial), lengths, direction, hidden_size=H,
+                                        steps=T, batch=B, dtype=seq.dtype)
+    out = np.swapaxes(out, 0, 1) if batch_first else out
+    return out, finals, StackTape(cell.kind, cell.nonlinearity, batch_first, tapes)
+
+
+def train_backward(be: str, cell: Cell, tape: StackTape, weights, d_outputs, d_finals):
+    """Gradients of a :func:`train_forward` run: ``(dx, d_weights[layer][direction], d_initial)``.
+
+    ``d_outputs`` in the outputs' layout; ``d_finals`` like ``initial`` (None: zeros).
+    """
+    direction_backward = kernels.TRAIN[be][1]
+    d_seq = np.swapaxes(d_outputs, 0, 1) if tape.batch_first else d_outputs
+    H = weights[0][0][1].shape[1]
+    if d_finals is None:
+        n = len(weights) * len(weights[0])
+        d_finals = tuple(np.zeros((n, d_seq.shape[1], H), dtype=d_seq.dtype) for _ in cell.states)
+
+    def direction(w, dir_tape, d_out, d_last):
+        return direction_backward(cell, w, dir_tape, d_out, d_last)
+
+    dx, d_weights, d_initial = driver.backward(weights, tape.layers, d_seq, tuple(d_finals), direction,
+                                               hidden_size=H)
+    return (np.swapaxes(dx, 0, 1) if tape.batch_first else dx), d_weights, d_initial
 
 
 class RecurrentTape:
     """The workspace of one :func:`recurrent_forward_train` call (opaque; pass it to :func:`recurrent_backward`)."""
 
-    __slots__ = ("_be", "_kind", "_n_states", "_out_shape", "_state_shape", "_tape", "_weights", "dtype")
+    __slots__ = ("_be", "_cell", "_out_shape", "_state_shape", "_tape", "_weights", "dtype")
 
-    def __init__(self, be, kind, weights, tape, out_shape, state_shape, n_states, dtype):
-        self._be, self._kind, self._weights, self._tape = be, kind, weights, tape
-        self._out_shape, self._state_shape, self._n_states = out_shape, state_shape, n_states
+    def __init__(self, be, cell, weights, tape, out_shape, state_shape, dtype):
+        self._be, self._cell, self._weights, self._tape = be, cell, weights, tape
+        self._out_shape, self._state_shape = out_shape, state_shape
         self.dtype = dtype
 
     def __repr__(self):
-        return f"RecurrentTape({self._kind}, backend={self._be!r}, outputs={self._out_shape}, dtype={self.dtype})"
+        return f"RecurrentTape({self._cell.kind}, backend={self._be!r}, outputs={self._out_shape}, dtype={self.dtype})"
 
 
 class RecurrentGradients(NamedTuple):
@@ -60,15 +113,13 @@ class RecurrentGradients(NamedTuple):
     initial_state: object
 
 
-def _kind_of(layer):
-    if isinstance(layer, _rnn.LSTM):
-        return "lstm", 2
-    if isinstance(layer, _rnn.GRU):
-        return "gru", 1
-    if isinstance(layer, _rnn.RNN):
-        return "rnn", 1
-    msg = f"layer must be a fastsim.LSTM, GRU or RNN; got {type(layer).__name__}"
-    raise TypeError(msg)
+def _cell_of(layer) -> Cell:
+    from .layers import _Recurrent
+
+    if not isinstance(layer, _Recurrent):
+        msg = f"layer must be a fastsim.LSTM, GRU or RNN; got {type(layer).__name__}"
+        raise TypeError(msg)
+    return layer.cell
 
 
 def _states(value, names, shape, dt, n_states, what):
@@ -110,7 +161,8 @@ def recurrent_forward_train(layer, x, lengths=None, initial_state=None, *, backe
         ``outputs`` and ``state`` as the layer's call returns them, and the
         :class:`RecurrentTape` for :func:`recurrent_backward`.
     """
-    kind, n_states = _kind_of(layer)
+    cell = _cell_of(layer)
+    n_states = cell.n_states
     dt = layer.dtype
     x = as_float_array(x, "x", ndim=3)
     T, B = (x.shape[1], x.shape[0]) if layer.batch_first else x.shape[:2]
@@ -126,12 +178,11 @@ def recurrent_forward_train(layer, x, lengths=None, initial_state=None, *, backe
     state_shape = (n, B, layer.hidden_size)
     names = ("h0", "c0") if n_states == 2 else ("initial_state",)
     initial = _states(initial_state, names, state_shape, dt, n_states, "initial_state")
-    be = _backend.resolve(backend, _rnn_train.SUPPORTED)
-    weights = [[tuple(np.ascontiguousarray(a) for a in w) for w in dirs] for dirs in layer.weights]
-    nonlinearity = getattr(layer, "nonlinearity", "tanh")
-    outputs, finals, tape = _rnn_train.forward(be, kind, x, weights, initial, lengths, layer.batch_first, nonlinearity)
+    be = _backend.resolve(backend, kernels.SUPPORTED)
+    weights = layer.weights  # read-only, C-contiguous: the kernels take them as they are
+    outputs, finals, tape = train_forward(be, cell, x, weights, initial, lengths, layer.batch_first)
     outputs = np.ascontiguousarray(outputs)
-    record = RecurrentTape(be, kind, weights, tape, outputs.shape, state_shape, n_states, dt)
+    record = RecurrentTape(be, cell, weights, tape, outputs.shape, state_shape, dt)
     state = tuple(finals) if n_states == 2 else finals[0]
     return outputs, state, record
 
@@ -164,9 +215,10 @@ def recurrent_backward(tape, d_outputs=None, d_state=None) -> RecurrentGradients
         d_out = as_float_array(d_outputs, "d_outputs", ndim=3)
         check_shape(d_out, tape._out_shape, "d_outputs", "the shape of the outputs")
         d_out = np.ascontiguousarray(d_out, dtype=dt)
-    names = ("d_h_n", "d_c_n") if tape._n_states == 2 else ("d_state",)
-    d_finals = _states(d_state, names, tape._state_shape, dt, tape._n_states, "d_state")
-    dx, d_weights, d_initial = _rnn_train.backward(tape._be, tape._tape, tape._weights, d_out, d_finals)
-    weights = tuple(tuple(_rnn.RecurrentWeights(*g) for g in dirs) for dirs in d_weights)
-    initial = tuple(d_initial) if tape._n_states == 2 else d_initial[0]
+    n_states = tape._cell.n_states
+    names = ("d_h_n", "d_c_n") if n_states == 2 else ("d_state",)
+    d_finals = _states(d_state, names, tape._state_shape, dt, n_states, "d_state")
+    dx, d_weights, d_initial = train_backward(tape._be, tape._cell, tape._tape, tape._weights, d_out, d_finals)
+    weights = tuple(tuple(RecurrentWeights(*g) for g in dirs) for dirs in d_weights)
+    initial = tuple(d_initial) if n_states == 2 else d_initial[0]
     return RecurrentGradients(np.ascontiguousarray(dx), weights, initial)
