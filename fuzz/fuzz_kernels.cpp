@@ -29,6 +29,9 @@
 //    reference recurrences (NaN positions exactly), including lengths, reverse,
 //    batch- or time-major rows and output offsets; entries the kernel must not
 //    write keep a sentinel;
+//  * the training forward and backward of the recurrent layers: outputs,
+//    states and every gradient against long-double backpropagation through
+//    time, padding rows' input gradients exactly 0;
 //  * vec_math: exp, sigmoid, tanh within their stated accuracy.
 //
 // Results must also be bitwise identical with one thread and with several, and
@@ -1081,6 +1084,242 @@ void fuzz_rnn(Bytes& in, const Op& op) {
   }
 }
 
+// ----------------------------------------------------------------- recurrent training
+
+// The training forward (workspace kept) and backpropagation through time of
+// one direction, time-major, against the recurrences and their derivatives
+// (python/fastsim/_reference/rnn_backward.py) in long double: outputs,
+// final states, the input, weight, bias and initial-state gradients, each
+// entry within a bound that grows with the steps and the gradient's scale;
+// padding rows get exact zeros in dx; one thread and several bit for bit.
+template <class T>
+void fuzz_rnn_train(Bytes& in, const Op& op) {
+  const int cell = in.u8() % 4;
+  index_t D = in.dim(0, 10, 60), H = in.dim(1, 17, 70), B = in.dim(1, 9, 60), Tn = in.dim(1, 7, 30);
+  const index_t gates = cell == 0 ? 4 : (cell == 1 ? 3 : 1);
+  while (double(B) * double(Tn) * double(gates * H) * double(D + H) > 1e6) {
+    index_t* big = &B;
+    for (index_t* d : {&Tn, &D, &H})
+      if (*d > *big) big = d;
+    *big = std::max<index_t>(*big / 2, 1);
+  }
+  const bool reverse = in.flag();
+  const bool wild = in.u8() % 5 == 0;
+  const index_t G = gates * H, A = (cell <= 1) ? 4 * H : H, N = Tn * B;
+  std::vector<int64_t> lengths(B);
+  const bool full = in.flag();
+  for (index_t i = 0; i < B; ++i) lengths[i] = full ? Tn : 1 + in.u8() % Tn;
+  std::vector<T> W_ih(G * D), W_hh(G * H), b_ih(G), b_hh(G), x(N * D), h0(B * H), c0(B * H), d_out(N * H),
+      dh_n(B * H), dc_n(B * H);
+  std::vector<std::vector<T>*> arrays = {&W_ih, &W_hh, &b_ih, &b_hh, &x, &h0, &c0, &d_out, &dh_n, &dc_n};
+  if (wild) {
+    for (auto* a : arrays) fill(in, *a, 1, static_cast<index_t>(a->size()));
+  } else {
+    Rng rng{in.u64()};
+    const LD s_ih = 1 / std::sqrt(LD(std::max<index_t>(D, 1))), s_hh = 0.7L / std::sqrt(LD(H));
+    for (T& v : W_ih) v = T(rng.symmetric() * s_ih);
+    for (T& v : W_hh) v = T(rng.symmetric() * s_hh);
+    for (auto* a : {&b_ih, &b_hh, &h0, &c0, &d_out, &dh_n, &dc_n})
+      for (T& v : *a) v = T(rng.symmetric());
+    for (T& v : x) v = T(2 * rng.symmetric());
+  }
+  struct Result {
+    std::vector<T> out, h, c, act, h_prev, c_prev, tanh_c, dh, dc, dx, dW_ih, dW_hh, db_ih, db_hh;
+  };
+  const bool lstm = cell == 0;
+  auto run = [&](int threads) {
+    fastsim::set_num_threads(threads);
+    const auto& K = fastsim::typed_kernels<T>();
+    Result r;
+    r.out.assign(N * H, T(0));
+    r.h = h0;
+    r.c = c0;
+    r.act.assign(N * A, T(0));
+    r.h_prev.assign(N * H, T(0));
+    r.c_prev.assign(lstm ? N * H : 0, T(0));
+    r.tanh_c.assign(lstm ? N * H : 0, T(0));
+    r.dh = dh_n;
+    r.dc = dc_n;
+    r.dx.assign(N * D, T(7));  // every entry must be written
+    r.dW_ih.assign(G * D, T(7));
+    r.dW_hh.assign(G * H, T(7));
+    r.db_ih.assign(G, T(7));
+    r.db_hh.assign(G, T(7));
+    guarded([&] {
+      K.rnn_train_forward(cell, x.data(), Tn, B, D, H, W_ih.data(), W_hh.data(), b_ih.data(), b_hh.data(),
+                          lengths.data(), reverse, r.h.data(), lstm ? r.c.data() : nullptr, r.out.data(),
+                          r.act.data(), r.h_prev.data(), lstm ? r.c_prev.data() : nullptr,
+                          lstm ? r.tanh_c.data() : nullptr);
+      K.rnn_train_backward(cell, x.data(), Tn, B, D, H, W_ih.data(), W_hh.data(), lengths.data(), reverse,
+                           r.act.data(), r.h_prev.data(), lstm ? r.c_prev.data() : nullptr,
+                           lstm ? r.tanh_c.data() : nullptr, d_out.data(), r.dh.data(), lstm ? r.dc.data() : nullptr,
+                           r.dx.data(), r.dW_ih.data(), r.dW_hh.data(), r.db_ih.data(), r.db_hh.data());
+    });
+    return r;
+  };
+  static const char* names[] = {"lstm_train", "gru_train", "rnn_tanh_train", "rnn_relu_train"};
+  // the reference, row by row (rows are independent sequences)
+  std::vector<LD> out(N * H, 0), hN(B * H), cN(B * H), dx(N * D, 0), dW_ih(G * D, 0), dW_hh(G * H, 0), db_ih(G, 0),
+      db_hh(G, 0), dh0(B * H), dc0(B * H);
+  if (!wild) {
+    for (index_t i = 0; i < B; ++i) {
+      const index_t len = lengths[i];
+      std::vector<LD> h(H), c(H), px(G), ph(G);
+      // per step s (in the forward's order): h and c entering it, the gates, the new c and h
+      std::vector<std::vector<LD>> hp(len), cp(len), gt(len), cn(len), hn(len);
+      for (index_t u = 0; u < H; ++u) {
+        h[u] = h0[i * H + u];
+        c[u] = lstm ? LD(c0[i * H + u]) : 0;
+      }
+      auto t_of = [&](index_t s) { return reverse ? len - 1 - s : s; };
+      for (index_t s = 0; s < len; ++s) {
+        const index_t t = t_of(s);
+        const T* xr = x.data() + (t * B + i) * D;
+        for (index_t r = 0; r < G; ++r) {
+          LD sx = b_ih[r], sh = b_hh[r];
+          for (index_t k = 0; k < D; ++k) sx += LD(W_ih[r * D + k]) * xr[k];
+          for (index_t k = 0; k < H; ++k) sh += LD(W_hh[r * H + k]) * h[k];
+          px[r] = sx;
+          ph[r] = sh;
+        }
+        hp[s] = h;
+        cp[s] = c;
+        gt[s].assign(4 * H, 0);
+        std::vector<LD> hnew(H);
+        for (index_t u = 0; u < H; ++u) {
+          if (cell == 0) {
+            const LD ig = sigmoid_ref(px[u] + ph[u]), fg = sigmoid_ref(px[H + u] + ph[H + u]);
+            const LD gg = std::tanh(px[2 * H + u] + ph[2 * H + u]), og = sigmoid_ref(px[3 * H + u] + ph[3 * H + u]);
+            gt[s][u] = ig, gt[s][H + u] = fg, gt[s][2 * H + u] = gg, gt[s][3 * H + u] = og;
+            c[u] = fg * c[u] + ig * gg;
+            hnew[u] = og * std::tanh(c[u]);
+          } else if (cell == 1) {
+            const LD r = sigmoid_ref(px[u] + ph[u]), z = sigmoid_ref(px[H + u] + ph[H + u]);
+            const LD nn = std::tanh(px[2 * H + u] + r * ph[2 * H + u]);
+            gt[s][u] = r, gt[s][H + u] = z, gt[s][2 * H + u] = nn, gt[s][3 * H + u] = ph[2 * H + u];
+            hnew[u] = (1 - z) * nn + z * h[u];
+          } else {
+            const LD pre = px[u] + ph[u];
+            hnew[u] = cell == 2 ? std::tanh(pre) : std::max<LD>(pre, 0);
+          }
+        }
+        cn[s] = c;
+        hn[s] = hnew;
+        h = hnew;
+        for (index_t u = 0; u < H; ++u) out[(t * B + i) * H + u] = h[u];
+      }
+      for (index_t u = 0; u < H; ++u) {
+        hN[i * H + u] = h[u];
+        cN[i * H + u] = c[u];
+      }
+      // backward through the steps
+      std::vector<LD> dh(H), dc(H), dax(G), dah(G), direct(H);
+      for (index_t u = 0; u < H; ++u) {
+        dh[u] = dh_n[i * H + u];
+        dc[u] = lstm ? LD(dc_n[i * H + u]) : 0;
+      }
+      for (index_t s = len - 1; s >= 0; --s) {
+        const index_t t = t_of(s);
+        for (index_t u = 0; u < H; ++u) {
+          const LD dhn = dh[u] + LD(d_out[(t * B + i) * H + u]);
+          direct[u] = 0;
+          if (cell == 0) {
+            const LD ig = gt[s][u], fg = gt[s][H + u], gg = gt[s][2 * H + u], og = gt[s][3 * H + u];
+            const LD tc = std::tanh(cn[s][u]);
+            const LD dcs = dc[u] + dhn * og * (1 - tc * tc);
+            dax[u] = dcs * gg * ig * (1 - ig);
+            dax[H + u] = dcs * cp[s][u] * fg * (1 - fg);
+            dax[2 * H + u] = dcs * ig * (1 - gg * gg);
+            dax[3 * H + u] = dhn * tc * og * (1 - og);
+            for (index_t q = 0; q < 4; ++q) dah[q * H + u] = dax[q * H + u];
+            dc[u] = dcs * fg;
+          } else if (cell == 1) {
+            const LD r = gt[s][u], z = gt[s][H + u], nn = gt[s][2 * H + u], ahn = gt[s][3 * H + u];
+            const LD dan = dhn * (1 - z) * (1 - nn * nn);
+            const LD dar = dan * ahn * r * (1 - r), daz = dhn * (hp[s][u] - nn) * z * (1 - z);
+            dax[u] = dah[u] = dar;
+            dax[H + u] = dah[H + u] = daz;
+            dax[2 * H + u] = dan;
+            dah[2 * H + u] = dan * r;
+            direct[u] = dhn * z;
+          } else {
+            const LD hv = hn[s][u];
+            dax[u] = dah[u] = dhn * (cell == 2 ? 1 - hv * hv : (hv > 0 ? 1 : 0));
+          }
+        }
+        const T* xr = x.data() + (t * B + i) * D;
+        for (index_t k = 0; k < D; ++k) {
+          LD acc = 0;
+          for (index_t r = 0; r < G; ++r) acc += dax[r] * LD(W_ih[r * D + k]);
+          dx[(t * B + i) * D + k] = acc;
+        }
+        for (index_t r = 0; r < G; ++r) {
+          for (index_t k = 0; k < D; ++k) dW_ih[r * D + k] += dax[r] * xr[k];
+          for (index_t k = 0; k < H; ++k) dW_hh[r * H + k] += dah[r] * hp[s][k];
+          db_ih[r] += dax[r];
+          db_hh[r] += dah[r];
+        }
+        for (index_t k = 0; k < H; ++k) {
+          LD acc = direct[k];
+          for (index_t r = 0; r < G; ++r) acc += dah[r] * LD(W_hh[r * H + k]);
+          dh[k] = acc;
+        }
+      }
+      for (index_t u = 0; u < H; ++u) {
+        dh0[i * H + u] = dh[u];
+        dc0[i * H + u] = dc[u];
+      }
+    }
+  }
+  const LD steps = 1 + LD(Tn);
+  const LD base = 32 * (LD(D) + LD(H) + 8) * eps<T>() * steps * steps;
+  auto check_all = [&](const std::vector<T>& got, const std::vector<LD>& want, LD sum_rows, const char* what) {
+    LD scale = 1;
+    for (LD w : want) scale = std::max(scale, std::fabs(w));
+    const LD tol = base * scale * sum_rows;
+    for (size_t e = 0; e < want.size(); ++e)
+      if (!(std::fabs(LD(got[e]) - want[e]) <= tol))
+        fail("%s %s[%zu] = %.17g, reference %.17Lg, tol %.3Lg (D=%td H=%td B=%td T=%td reverse=%d)", names[cell],
+             what, e, double(got[e]), want[e], tol, D, H, B, Tn, int(reverse));
+  };
+  for (size_t l = 0; l < op.levels.size(); ++l) {
+    set_level(op.levels[l], names[cell], tname<T>(), op.threads);
+    const Result r = run(op.threads);
+    for (index_t t = 0; t < Tn; ++t)
+      for (index_t i = 0; i < B; ++i)
+        if (t >= lengths[i])
+          for (index_t k = 0; k < D; ++k)
+            if (!(r.dx[(t * B + i) * D + k] == T(0)))
+              fail("%s dx of padding row %td at step %td is %g, not 0", names[cell], i, t,
+                   double(r.dx[(t * B + i) * D + k]));
+    if (!wild) {
+      check_all(r.out, out, 1, "out");
+      check_all(r.h, hN, 1, "h_n");
+      if (lstm) check_all(r.c, cN, 1, "c_n");
+      check_all(r.dx, dx, 1, "dx");
+      check_all(r.dh, dh0, 1, "dh0");
+      if (lstm) check_all(r.dc, dc0, 1, "dc0");
+      const LD rows = std::sqrt(LD(B) * LD(Tn));
+      check_all(r.dW_ih, dW_ih, rows, "dW_ih");
+      check_all(r.dW_hh, dW_hh, rows, "dW_hh");
+      check_all(r.db_ih, db_ih, rows, "db_ih");
+      check_all(r.db_hh, db_hh, rows, "db_hh");
+    }
+    if (l == 0 && op.threads > 1) {
+      const Result r1 = run(1);
+      static const char* fields[] = {"out", "h_n", "c_n", "dx", "dh0", "dc0", "dW_ih", "dW_hh", "db_ih", "db_hh"};
+      int f = 0;
+      for (auto m : {&Result::out, &Result::h, &Result::c, &Result::dx, &Result::dh, &Result::dc, &Result::dW_ih,
+                     &Result::dW_hh, &Result::db_ih, &Result::db_hh}) {
+        if (!same_bits(r.*m, r1.*m))
+          fail("%s: %s differs between one thread and %d threads (D=%td H=%td B=%td T=%td)", names[cell], fields[f],
+               op.threads, D, H, B, Tn);
+        ++f;
+      }
+    }
+  }
+}
+
 // ----------------------------------------------------------------- vec_math
 
 template <class T>
@@ -1140,6 +1379,7 @@ void dispatch(int which, Bytes& in, const Op& op) {
     case 5: return fuzz_rnn<T>(in, op);
     case 6: return fuzz_gemm_tn<T>(in, op);
     case 7: return fuzz_range<T>(in, op);
+    case 8: return fuzz_rnn_train<T>(in, op);
     default: return fuzz_vecmath<T>(in, op);
   }
 }
@@ -1152,7 +1392,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Op op;
   op.levels = levels();
   op.threads = 1 + (head >> 4) % 4;
-  const int which = head % 9;
+  const int which = head % 10;
   if ((head >> 3) & 1)
     dispatch<double>(which, in, op);
   else

@@ -240,3 +240,30 @@ def test_rnn_nonlinearity_is_fixed_at_construction():
     assert layer.nonlinearity == "relu" and layer.cell.relu
     with pytest.raises(AttributeError):
         layer.nonlinearity = "tanh"
+
+
+@pytest.mark.skipif("cpp" not in fastsim.available_backends(), reason="cpp backend not available here")
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("B", [56, 61, 100])
+def test_training_kernels_do_not_depend_on_the_thread_count(kind, B):
+    # The per-thread batch slices start at multiples of the register tile's
+    # rows, so every thread count gives one thread's bits (B = 56 on 3 threads
+    # once differed in the last bit: slices at multiples of 8 rows, tiles of 6).
+    rng = np.random.default_rng(B)
+    layer = make_layer(kind, 8, 15, 1, True, dtype=np.float64, seed=B)
+    x = rng.standard_normal((B, 2, 8))
+    d_out = rng.standard_normal((B, 2, 30))
+    results = []
+    before = fastsim.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            fastsim.set_num_threads(threads)
+            out, _, tape = fastsim.recurrent_forward_train(layer, x, backend="cpp")
+            grads = fastsim.recurrent_backward(tape, d_out)
+            flat = [out, grads.x] + [a for dirs in grads.weights for w in dirs for a in w]
+            results.append(flat)
+    finally:
+        fastsim.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)

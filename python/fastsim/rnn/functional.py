@@ -37,7 +37,7 @@ def _functional(kind, x, W_ih, W_hh, b_ih, b_hh, states, lengths, batch_first, b
     lengths = infer.lengths_or_full(lengths, B, T)
     be = _backend.resolve(backend, kernels.SUPPORTED)
     cells = [[Prepared(c, *(a.astype(dt, copy=False) for a in (W_ih, W_hh, b_ih, b_hh)))]]
-    out, finals = infer.run(cells, x.astype(dt, copy=False), batch_first, initial, lengths, be)
+    out, finals = infer.run(cells, x, batch_first, initial, lengths, be)
     return out, [f[0] for f in finals]
 
 

@@ -40,6 +40,16 @@ def _pool_until(value, B, T):
     return infer.kernel_array(until, np.int64)
 
 
+def _nonlinearity_of(given, found, source):
+    """The RNN's nonlinearity: ``given``, else the one ``found`` in imported weights, else tanh; never both differing."""
+    nonlinearity = given if given is not None else (found or "tanh")
+    check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
+    if found is not None and found != nonlinearity:
+        msg = f"nonlinearity={nonlinearity!r} contradicts {source} {found!r}"
+        raise ValueError(msg)
+    return nonlinearity
+
+
 class EmbeddingProjection:
     """An embedding and its projections through one layer's first input weights (see :meth:`LSTM.run_ids`).
 
@@ -642,13 +652,7 @@ class RNN(_Recurrent):
         """
         weights, has_bias, attrs = torch_weights("rnn", module_or_state_dict)
         bf = attrs.get("batch_first", True) if batch_first is None else batch_first
-        module_nl = attrs.get("nonlinearity")
-        if nonlinearity is None:
-            nonlinearity = module_nl or "tanh"
-        check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
-        if module_nl is not None and module_nl != nonlinearity:
-            msg = f"nonlinearity={nonlinearity!r} contradicts the module's nonlinearity={module_nl!r}"
-            raise ValueError(msg)
+        nonlinearity = _nonlinearity_of(nonlinearity, attrs.get("nonlinearity"), "the module's nonlinearity")
         return cls._from_layer_weights(
             weights, has_bias=has_bias, batch_first=bf, dtype=dtype, nonlinearity=nonlinearity
         )
@@ -662,12 +666,7 @@ class RNN(_Recurrent):
         defaults to the layers' activation, and to "tanh" for arrays.
         """
         weights, has_bias, found = keras_weights("rnn", kernel, recurrent_kernel, bias, want_activation=True)
-        if nonlinearity is None:
-            nonlinearity = found or "tanh"
-        check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
-        if found is not None and found != nonlinearity:
-            msg = f"nonlinearity={nonlinearity!r} contradicts the Keras layers' activation {found!r}"
-            raise ValueError(msg)
+        nonlinearity = _nonlinearity_of(nonlinearity, found, "the Keras layers' activation")
         return cls._from_layer_weights(
             weights, has_bias=has_bias, batch_first=batch_first, dtype=dtype, nonlinearity=nonlinearity
         )

@@ -100,12 +100,17 @@ inline int slice_threads(index_t B) {
   return nt;
 }
 
-template <class F>
+// Slices start at multiples of the micro-kernel's MR rows, so every slice's
+// register tiles are the tiles of a one-thread run (the last one's edge tile
+// included): results do not depend on the thread count.  (Boundaries at
+// multiples of 8 rows, with MR = 6, gave the step GEMMs other edge tiles, and
+// other last bits, than one thread did.)
+template <class T, class F>
 inline void over_slices(index_t B, F&& f) {
   const int nt = slice_threads(B);
+  constexpr index_t MR = GemmShape<T>::MR;
   auto run = [&](int tid, int nthr) {
-    // slice boundaries on multiples of 8 rows where possible (whole micro-tiles)
-    const index_t b0 = (B * tid / nthr) / 8 * 8, b1 = tid + 1 == nthr ? B : (B * (tid + 1) / nthr) / 8 * 8;
+    const index_t b0 = (B * tid / nthr) / MR * MR, b1 = tid + 1 == nthr ? B : (B * (tid + 1) / nthr) / MR * MR;
     if (b1 > b0) f(b0, b1);
   };
   run_threads(nt, run);
@@ -171,7 +176,7 @@ void forward(int cell_id, const T* x, index_t T_len, index_t B, index_t D, index
   T* rec = kept<T>(kKeptRec, B * GH);
   GemmOptions one;
   one.threads = 1;
-  over_slices(B, [&](index_t b0, index_t b1) {
+  over_slices<T>(B, [&](index_t b0, index_t b1) {
     DenormalGuard denormals(true);
     const index_t rows = b1 - b0;
     for (index_t s = 0; s < T_len; ++s) {
@@ -389,7 +394,7 @@ void backward(int cell_id, const T* x, index_t T_len, index_t B, index_t D, inde
   opt.flush_denormals = true;
   GemmOptions one;
   one.threads = 1;
-  over_slices(B, [&](index_t b0, index_t b1) {
+  over_slices<T>(B, [&](index_t b0, index_t b1) {
     DenormalGuard denormals(true);
     const index_t t0 = step_time(0);
     for (index_t b = b0; b < b1; ++b) {
