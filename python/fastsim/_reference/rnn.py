@@ -183,8 +183,7 @@ def _zeros_initial(x, weights, n_states, batch_first):
     B = x.shape[0] if batch_first else x.shape[1]
     H = weights[0][0][1].shape[1]
     n = len(weights) * len(weights[0])
-    dt = np.result_type(x, weights[0][0][1])
-    return tuple(np.zeros((n, B, H), dtype=dt) for _ in range(n_states))
+    return tuple(np.zeros((n, B, H), dtype=x.dtype) for _ in range(n_states))
 
 
 def lstm(x, weights, h0=None, c0=None, lengths=None, batch_first=True):
